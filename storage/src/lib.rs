@@ -11,11 +11,36 @@
 //!
 //! Invariants: an object read back from disk is checked (format version and
 //! the dvv invariants) before use; a dot is handed out once per actor, ever.
+//!
+//! Code map:
+//! - [`dvv`]: dotted version vectors, [`Object::update`] and [`Object::merge`].
+//! - [`context`]: the sealed causal context clients carry.
+//! - [`props`]: bucket properties and quorum arithmetic.
+//! - [`store`]: the fjall-backed [`Store`] and its read-modify-write paths.
+//! - [`commit`]: [`SyncPolicy`] and group commit.
+//! - [`identity`]: the node's [`Identity`] and the leased dot counter.
+//! - [`limits`]: [`Limits`] and their checks.
+//! - [`stats`]: the [`StoreStats`] counters.
+//! - [`error`]: the one error type, [`StoreError`].
+//! - [`layout`]: key layout and record encodings on disk.
 
+pub mod commit;
 pub mod context;
 pub mod dvv;
+pub mod error;
+pub mod identity;
+pub mod layout;
+pub mod limits;
 pub mod props;
+pub mod stats;
+pub mod store;
 
+pub use commit::SyncPolicy;
 pub use context::{ContextError, ContextKey};
 pub use dvv::{ActorId, Content, Dot, DvvError, Link, Metadata, Object, Sibling, VersionVector};
+pub use error::StoreError;
+pub use identity::Identity;
+pub use limits::Limits;
 pub use props::{BucketProps, PropsError, Quorum};
+pub use stats::StoreStats;
+pub use store::{Hint, KeyPage, Keys, Objects, Store, StoreConfig, WriteOptions, Written};

@@ -1,0 +1,433 @@
+//! When writes reach the disk: the sync policy and group commit.
+//!
+//! Every write is appended to fjall's journal and handed to the OS before the
+//! store returns (so it survives a crash of the process), but not fsynced.
+//! What happens next depends on [`SyncPolicy`]:
+//!
+//! - `Always`: the writer takes a sequence number and waits until the
+//!   committer thread has fsynced past it. The committer takes every write
+//!   that arrived while its previous fsync ran as its next batch, so
+//!   concurrent writers share one fsync (group commit) and a lone writer pays
+//!   one fsync with no added delay.
+//!
+//!   One fjall detail shapes this: `Database::persist` holds the journal's
+//!   mutex during the fsync, so writers that arrive meanwhile wait in their
+//!   journal append, not after it. Writers therefore announce an append
+//!   before starting it (`Syncer::begin_append`), and before each fsync the
+//!   committer waits for the appends already in flight to land, bounded by
+//!   the previous fsync's duration (at most [`GATHER_WAIT_MAX`]). A lone
+//!   writer has no one in flight behind it and pays no wait.
+//! - `Interval`: a thread fsyncs every `interval_ms` if anything was written;
+//!   writes return at once, not yet durable.
+//! - `Never`: the OS writes back when it likes; a clean shutdown fsyncs.
+//!
+//! A failed fsync poisons the store: the waiting writers and every later
+//! write get [`StoreError::Poisoned`]. The fsync is never retried, because
+//! after a failure the kernel may have dropped the dirty pages and a second
+//! fsync could succeed without the data (the "fsyncgate" lesson).
+//!
+//! Invariant: `synced_seq <= written_seq`, and a write with sequence number
+//! `s` was appended to the journal before `written_seq` reached `s`, so an
+//! fsync that starts after reading `written_seq = t` makes every write `<= t`
+//! durable.
+//!
+//! This module does not know about keys or objects.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::stats::Counters;
+
+/// The longest the committer waits for in-flight appends to join a batch.
+pub const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
+
+/// When acknowledged writes are fsynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncPolicy {
+    /// Every acknowledged write is fsynced before it is acknowledged;
+    /// concurrent writes share an fsync (group commit). The default.
+    #[default]
+    Always,
+    /// A background thread fsyncs every `interval_ms` milliseconds (at least
+    /// 1); writes are acknowledged before they are durable, so a power loss
+    /// can lose up to one interval of acknowledged writes.
+    Interval {
+        /// Milliseconds between fsyncs.
+        interval_ms: u64,
+    },
+    /// Never fsync on the write path; leave write-back to the OS. A power
+    /// loss can lose any acknowledged write that the OS had not written back.
+    Never,
+}
+
+impl SyncPolicy {
+    /// Whether a write returns only once it is durable.
+    pub fn syncs_every_write(&self) -> bool {
+        matches!(self, SyncPolicy::Always)
+    }
+}
+
+/// Journal progress, guarded by [`Shared::state`].
+#[derive(Debug, Default)]
+struct State {
+    /// Sequence number of the last write appended to the journal.
+    written_seq: u64,
+    /// Every write up to this sequence number is durable.
+    synced_seq: u64,
+    /// Writers between [`Syncer::begin_append`] and [`Append::finish`].
+    appending: u64,
+    /// Duration of the last fsync: bounds how long the committer gathers.
+    last_fsync: Duration,
+    /// The store is closing: the committer drains and exits.
+    shutdown: bool,
+}
+
+struct Shared {
+    db: fjall::Database,
+    counters: Arc<Counters>,
+    state: Mutex<State>,
+    /// Signalled when `synced_seq` advances or the store is poisoned.
+    synced: Condvar,
+    /// Signalled when a write arrives or the store shuts down.
+    written: Condvar,
+    /// Test hook: the next fsync fails.
+    #[cfg(test)]
+    fail_next_fsync: std::sync::atomic::AtomicBool,
+}
+
+/// Makes writes durable according to the [`SyncPolicy`].
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    policy: SyncPolicy,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Syncer {
+    /// Starts the committer (`Always`) or interval thread (`Interval`).
+    pub(crate) fn start(
+        db: fjall::Database,
+        policy: SyncPolicy,
+        counters: Arc<Counters>,
+    ) -> Result<Syncer, StoreError> {
+        if let SyncPolicy::Interval { interval_ms } = policy
+            && interval_ms == 0
+        {
+            return Err(StoreError::InvalidConfig(
+                "sync interval_ms must be at least 1".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            db,
+            counters,
+            state: Mutex::new(State::default()),
+            synced: Condvar::new(),
+            written: Condvar::new(),
+            #[cfg(test)]
+            fail_next_fsync: std::sync::atomic::AtomicBool::new(false),
+        });
+        let thread = match policy {
+            SyncPolicy::Always => {
+                let shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("starling-commit".into())
+                        .spawn(move || shared.run_committer())?,
+                )
+            }
+            SyncPolicy::Interval { interval_ms } => {
+                let shared = shared.clone();
+                let interval = Duration::from_millis(interval_ms);
+                Some(
+                    std::thread::Builder::new()
+                        .name("starling-sync".into())
+                        .spawn(move || shared.run_interval(interval))?,
+                )
+            }
+            SyncPolicy::Never => None,
+        };
+        Ok(Syncer {
+            policy,
+            shared,
+            thread: Mutex::new(thread),
+        })
+    }
+
+    /// The policy this syncer follows.
+    pub(crate) fn policy(&self) -> SyncPolicy {
+        self.policy
+    }
+
+    /// Refuses writes once poisoned.
+    pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
+        if self.shared.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Announces a journal append that will be committed with
+    /// [`Append::finish`]; dropping the ticket unfinished (the append failed)
+    /// withdraws it.
+    pub(crate) fn begin_append(&self) -> Append<'_> {
+        self.shared.state.lock().appending += 1;
+        Append {
+            syncer: self,
+            finished: false,
+        }
+    }
+
+    /// Notes that a write outside the object path (props, meta) was appended
+    /// to the journal; returns its sequence number. Call only after the
+    /// append returned.
+    pub(crate) fn note_write(&self) -> u64 {
+        let mut state = self.shared.state.lock();
+        state.written_seq += 1;
+        let seq = state.written_seq;
+        drop(state);
+        if self.policy.syncs_every_write() {
+            self.shared.written.notify_one();
+        }
+        seq
+    }
+
+    /// The sequence number of the latest write appended.
+    pub(crate) fn written_seq(&self) -> u64 {
+        self.shared.state.lock().written_seq
+    }
+
+    /// Makes write `seq` durable as the policy says. Returns whether it is
+    /// durable (always true with `Always`, false otherwise).
+    pub(crate) fn commit(&self, seq: u64) -> Result<bool, StoreError> {
+        match self.policy {
+            SyncPolicy::Always => {
+                self.shared.wait_synced(seq)?;
+                Ok(true)
+            }
+            SyncPolicy::Interval { .. } | SyncPolicy::Never => {
+                self.check_writable()?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Fsyncs now, whatever the policy, and returns once everything written
+    /// before the call is durable.
+    pub(crate) fn sync_now(&self) -> Result<(), StoreError> {
+        self.shared.sync_to_current()
+    }
+
+    /// Stops the thread after it made every write durable (with `Always`) and
+    /// fsyncs a last time. Idempotent.
+    pub(crate) fn shutdown(&self) -> Result<(), StoreError> {
+        self.shared.state.lock().shutdown = true;
+        self.shared.written.notify_all();
+        if let Some(thread) = self.thread.lock().take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the commit thread panicked");
+        }
+        if self.shared.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let pending = {
+            let state = self.shared.state.lock();
+            state.written_seq > state.synced_seq
+        };
+        if pending {
+            self.shared.sync_to_current()?;
+        }
+        Ok(())
+    }
+
+    /// Test hook: makes the next fsync fail as a broken disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_fsync(&self) {
+        self.shared.fail_next_fsync.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A journal append in flight; see [`Syncer::begin_append`].
+#[derive(Debug)]
+pub(crate) struct Append<'a> {
+    syncer: &'a Syncer,
+    finished: bool,
+}
+
+impl Append<'_> {
+    /// The append reached the journal: returns its sequence number.
+    pub(crate) fn finish(mut self) -> u64 {
+        self.finished = true;
+        let mut state = self.syncer.shared.state.lock();
+        assert!(state.appending > 0, "append finished twice");
+        state.appending -= 1;
+        state.written_seq += 1;
+        let seq = state.written_seq;
+        drop(state);
+        if self.syncer.policy.syncs_every_write() {
+            self.syncer.shared.written.notify_one();
+        }
+        seq
+    }
+}
+
+impl Drop for Append<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut state = self.syncer.shared.state.lock();
+            assert!(state.appending > 0, "append withdrawn twice");
+            state.appending -= 1;
+            drop(state);
+            self.syncer.shared.written.notify_one();
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown() {
+            tracing::error!(%err, "final fsync on close failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &*self.state.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn is_poisoned(&self) -> bool {
+        self.counters.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Fsyncs the journal. On failure poisons the store and wakes every
+    /// waiter; the caller gets [`StoreError::Poisoned`].
+    fn fsync(&self) -> Result<Duration, StoreError> {
+        if self.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let started = Instant::now();
+        #[cfg(test)]
+        let result = if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected fsync failure",
+            )))
+        } else {
+            self.db.persist(fjall::PersistMode::SyncAll)
+        };
+        #[cfg(not(test))]
+        let result = self.db.persist(fjall::PersistMode::SyncAll);
+        match result {
+            Ok(()) => Ok(started.elapsed()),
+            Err(err) => {
+                tracing::error!(%err, "fsync of the journal failed; poisoning the store");
+                self.counters.poisoned.store(true, Ordering::Release);
+                // Take the lock so no waiter can miss the wake-up between its
+                // poison check and its wait.
+                let _state = self.state.lock();
+                self.synced.notify_all();
+                Err(StoreError::Poisoned)
+            }
+        }
+    }
+
+    /// Fsyncs and marks everything written before the call durable.
+    fn sync_to_current(&self) -> Result<(), StoreError> {
+        let target = self.state.lock().written_seq;
+        let latency = self.fsync()?;
+        self.mark_synced(target, latency);
+        Ok(())
+    }
+
+    fn mark_synced(&self, target: u64, latency: Duration) {
+        let mut state = self.state.lock();
+        assert!(target <= state.written_seq, "synced past the journal");
+        state.last_fsync = latency;
+        let newly = target.saturating_sub(state.synced_seq);
+        state.synced_seq = state.synced_seq.max(target);
+        drop(state);
+        self.counters.record_fsync(newly, latency);
+        self.synced.notify_all();
+    }
+
+    fn wait_synced(&self, seq: u64) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        assert!(seq <= state.written_seq, "waiting for a write not yet made");
+        loop {
+            if state.synced_seq >= seq {
+                return Ok(());
+            }
+            if self.is_poisoned() {
+                return Err(StoreError::Poisoned);
+            }
+            self.synced.wait(&mut state);
+        }
+    }
+
+    /// The group committer: fsync whatever arrived, as one batch, until shut
+    /// down with nothing pending or poisoned.
+    fn run_committer(&self) {
+        loop {
+            let target = {
+                let mut state = self.state.lock();
+                while state.written_seq == state.synced_seq && !state.shutdown {
+                    self.written.wait(&mut state);
+                }
+                if state.written_seq == state.synced_seq {
+                    // Shut down with nothing pending.
+                    return;
+                }
+                // Let appends already in flight (most likely blocked behind
+                // the previous fsync in fjall's journal mutex) join this
+                // batch, waiting at most about one fsync.
+                let gather = state.last_fsync.min(GATHER_WAIT_MAX);
+                let deadline = Instant::now() + gather;
+                while state.appending > 0 && !state.shutdown {
+                    if self.written.wait_until(&mut state, deadline).timed_out() {
+                        break;
+                    }
+                }
+                state.written_seq
+            };
+            match self.fsync() {
+                Ok(latency) => self.mark_synced(target, latency),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The interval syncer: fsync every `interval` if anything was written.
+    fn run_interval(&self, interval: Duration) {
+        loop {
+            let (target, before) = {
+                let mut state = self.state.lock();
+                if !state.shutdown {
+                    // Woken early only by shutdown; a spurious wake-up just
+                    // syncs a little early.
+                    self.written.wait_for(&mut state, interval);
+                }
+                if state.shutdown {
+                    return;
+                }
+                (state.written_seq, state.synced_seq)
+            };
+            if target == before {
+                continue;
+            }
+            match self.fsync() {
+                Ok(latency) => self.mark_synced(target, latency),
+                Err(_) => return,
+            }
+        }
+    }
+}

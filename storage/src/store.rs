@@ -1,0 +1,870 @@
+//! The fjall-backed [`Store`]: one replica's durable copy of its keys.
+//!
+//! Purpose: keep each key's [`Object`] on local disk, apply writes
+//! coordinated here ([`Store::put`]: mint a fresh dot, [`Object::update`]) and
+//! copies from other replicas ([`Store::merge`]: [`Object::merge`]) as atomic
+//! read-modify-writes, persist bucket properties, and make writes durable as
+//! the [`SyncPolicy`] says (group commit by default).
+//!
+//! Non-goals: the store knows nothing of the network, the ring, quorums or
+//! clocks beyond filling a missing `last_modified_us`. It does not reap
+//! tombstones yet: a tombstone-only object stays stored, hidden from
+//! listings, until a later reaper removes it (the hook is
+//! [`Store::objects`] plus [`Object::is_deleted`]; reaping must take the
+//! key's lock and re-check that the object is still all tombstones before
+//! removing it, so a concurrent write is never lost). Nor does it maintain
+//! Merkle trees or hints; those build on [`Store::objects`].
+//!
+//! The API blocks (fjall I/O, fsync): async callers run it on a blocking
+//! thread pool.
+//!
+//! # Invariants
+//!
+//! - Read-modify-write of one key is atomic: it runs under one of
+//!   [`LOCK_STRIPES`] mutexes chosen by the key's hash.
+//! - A dot is never handed out twice, across restarts and crashes (see
+//!   [`crate::identity`]), and never one the object already covers.
+//! - Every object is checked before it is written (well-formed, descends
+//!   what it replaces) and after it is read back (format, decode, dvv
+//!   invariants); bad bytes are [`StoreError::Corrupt`], never a panic.
+//! - With [`SyncPolicy::Always`] nothing is acknowledged before it is on
+//!   disk, and after a failed fsync nothing is acknowledged at all.
+//!
+//! Reads see writes as soon as they are applied, before their fsync: a reader
+//! may observe a write whose writer is still waiting for durability (and that
+//! a power loss at that moment would undo, together with everything journaled
+//! after it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fjall::KeyspaceCreateOptions;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::commit::{SyncPolicy, Syncer};
+use crate::dvv::{Content, Dot, DvvError, Object, VersionVector};
+use crate::error::{StoreError, escape};
+use crate::identity::{self, DotCounter, Identity};
+use crate::layout::{
+    self, KEYSPACE_HINTS, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS, META_DOT_CEILING,
+    bucket_prefix, decode_object, encode_object, object_is_deleted, object_key, object_record_name,
+    prefix_successor, split_object_key,
+};
+use crate::limits::Limits;
+use crate::props::BucketProps;
+use crate::stats::{Counters, StoreStats, bump};
+
+/// Number of key lock stripes. Two keys share a stripe with probability
+/// 1/4096, which only serialises them; it never affects correctness.
+pub const LOCK_STRIPES: usize = 4096;
+
+/// How to open a [`Store`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Directory of the fjall database; created if missing. A new (or wiped)
+    /// directory gets a new epoch and so a new actor.
+    pub data_dir: PathBuf,
+    /// When writes are fsynced.
+    pub sync: SyncPolicy,
+    /// Size and sibling limits.
+    pub limits: Limits,
+    /// Node id to use when the directory is new. `None` picks a random one.
+    /// For an existing directory it must match the stored id, or open fails
+    /// with [`StoreError::IdentityMismatch`].
+    pub node_id: Option<u64>,
+}
+
+impl StoreConfig {
+    /// A configuration with default sync policy and limits.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            sync: SyncPolicy::default(),
+            limits: Limits::default(),
+            node_id: None,
+        }
+    }
+}
+
+/// How a write treats siblings and limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Keep only the sibling with the latest `last_modified_us` after the
+    /// write (`allow_mult=false` or `last_write_wins` buckets). Loses
+    /// concurrent writes by design.
+    pub resolve_by_time: bool,
+    /// Repair, replication or hand-off traffic: the sibling and object size
+    /// limits warn but do not refuse, because refusing would leave replicas
+    /// divergent forever. Client writes leave this false.
+    pub repair: bool,
+}
+
+/// The outcome of a successful write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The object as stored after the write (its version is the new causal
+    /// context).
+    pub object: Object,
+    /// The dot minted for a [`Store::put`]; `None` for a merge.
+    pub dot: Option<Dot>,
+    /// Whether the object was fsynced before the call returned (always with
+    /// [`SyncPolicy::Always`], never otherwise; see [`Store::sync_all`]).
+    pub durable: bool,
+}
+
+/// A hint as [`Store::hints`] returns it: `(bucket, key, object)`.
+pub type Hint = (Vec<u8>, Vec<u8>, Object);
+
+/// One page of a bucket's keys, from [`Store::list_keys_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys in byte order.
+    pub keys: Vec<Vec<u8>>,
+    /// Pass as `start_after` to get the next page; `None` when the listing
+    /// is complete.
+    pub next_start_after: Option<Vec<u8>>,
+}
+
+/// A replica's local store. Cheap to share behind an `Arc`; every method
+/// takes `&self`.
+pub struct Store {
+    // The syncer comes first so that on drop it drains pending commits
+    // before the keyspaces go away.
+    syncer: Syncer,
+    db: fjall::Database,
+    objects: fjall::Keyspace,
+    props: fjall::Keyspace,
+    meta: fjall::Keyspace,
+    hints: fjall::Keyspace,
+    /// Hints stored, kept in memory so the bound is checked without a scan.
+    hint_count: std::sync::atomic::AtomicU64,
+    identity: Identity,
+    counter: DotCounter,
+    limits: Limits,
+    locks: Box<[Mutex<()>]>,
+    counters: Arc<Counters>,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.data_dir)
+            .field("identity", &self.identity)
+            .field("sync", &self.syncer.policy())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`.
+    ///
+    /// Fails if the limits are inconsistent, the directory belongs to another
+    /// node id, another process holds it, or the meta records are corrupt.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        config.limits.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = fjall::Database::builder(&config.data_dir).open()?;
+        let objects = db.keyspace(KEYSPACE_OBJECTS, KeyspaceCreateOptions::default)?;
+        let props = db.keyspace(KEYSPACE_PROPS, KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace(KEYSPACE_META, KeyspaceCreateOptions::default)?;
+        let hints = db.keyspace(KEYSPACE_HINTS, KeyspaceCreateOptions::default)?;
+        let hint_count = hints.iter().count() as u64;
+        let loaded = identity::load_or_create(&db, &meta, config.node_id)?;
+        if loaded.created && !objects.is_empty()? {
+            return Err(StoreError::Corrupt {
+                record: "meta".into(),
+                reason: "objects are stored but the identity is missing".into(),
+            });
+        }
+        let counters = Arc::new(Counters::default());
+        let syncer = Syncer::start(db.clone(), config.sync, counters.clone())?;
+        let identity = loaded.identity;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            node_id = format_args!("{:016x}", identity.node_id),
+            epoch = format_args!("{:x}", identity.epoch),
+            dot_ceiling = loaded.dot_ceiling,
+            created = loaded.created,
+            sync = ?config.sync,
+            "store opened"
+        );
+        Ok(Store {
+            syncer,
+            db,
+            objects,
+            props,
+            meta,
+            hints,
+            hint_count: std::sync::atomic::AtomicU64::new(hint_count),
+            identity,
+            counter: DotCounter::resume(identity.actor(), loaded.dot_ceiling),
+            limits: config.limits,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            counters,
+            data_dir: config.data_dir,
+        })
+    }
+
+    /// Who this replica is.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The sync policy this store follows.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.syncer.policy()
+    }
+
+    /// Reads a key. A key whose siblings are all tombstones is returned (the
+    /// caller answers "not found" with its context); `None` means the key was
+    /// never written here (or was reaped).
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Object>, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        bump(&self.counters.gets);
+        self.read(bucket, key, &object_key(bucket, key))
+    }
+
+    /// Coordinates a write at this replica: mints a fresh dot, applies
+    /// [`Object::update`]`(context, dot, content)` to the local copy and
+    /// persists it.
+    ///
+    /// `context` is the version the client read (empty for a blind write):
+    /// the siblings it covers are replaced, the others stay. A
+    /// `content.meta.last_modified_us` of 0 is filled with the current time.
+    pub fn put(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &VersionVector,
+        mut content: Content,
+        opts: WriteOptions,
+    ) -> Result<Written, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        self.syncer.check_writable()?;
+        if content.meta.last_modified_us == 0 {
+            content.meta.last_modified_us = now_us();
+        }
+        let store_key = object_key(bucket, key);
+        let guard = self.lock(&store_key);
+        let local = self.read(bucket, key, &store_key)?;
+        let local_version = local.as_ref().map(|l| l.version.clone());
+        let mut object = local.unwrap_or_default();
+        // A counter at or below what the object or the context already hold
+        // for our actor would be a reused dot: mint above both.
+        let actor = self.identity.actor();
+        let floor = object.version.counter(&actor).max(context.counter(&actor));
+        let minted = self
+            .counter
+            .mint(floor, |ceiling| self.persist_ceiling(ceiling))?;
+        bump(&self.counters.dots_minted);
+        if minted.leased {
+            bump(&self.counters.dot_leases);
+        }
+        if minted.jumped {
+            bump(&self.counters.dot_counter_jumps);
+        }
+        let dot = minted.dot;
+        object
+            .update(context, dot, content)
+            .map_err(|err| match err {
+                DvvError::DotReuse(dot) => StoreError::DotReuse(dot),
+            })?;
+        if opts.resolve_by_time {
+            object.resolve_last_write_wins();
+        }
+        // What the update must have done, whatever the siblings.
+        assert!(object.version.covers(&dot) && object.version.descends(context));
+        assert!(local_version.is_none_or(|v| object.version.descends(&v)));
+        assert!(opts.resolve_by_time || object.siblings.iter().any(|s| s.dot == dot));
+        let seq = self.write(bucket, key, &store_key, &object, opts)?;
+        drop(guard);
+        let durable = self.syncer.commit(seq)?;
+        bump(&self.counters.puts);
+        Ok(Written {
+            object,
+            dot: Some(dot),
+            durable,
+        })
+    }
+
+    /// Deletes a key: a [`Store::put`] of a tombstone written now, with the
+    /// client's context. The tombstone stays stored until reaped.
+    pub fn delete(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &VersionVector,
+        opts: WriteOptions,
+    ) -> Result<Written, StoreError> {
+        self.put(bucket, key, context, Content::tombstone(now_us()), opts)
+    }
+
+    /// Applies another replica's copy (replication, read repair, hand-off):
+    /// the local copy becomes `local.merge(incoming)`.
+    ///
+    /// Writes nothing when the merge changes nothing. An incoming object that
+    /// breaks the dvv invariants is refused with
+    /// [`StoreError::InvalidObject`].
+    pub fn merge(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+        opts: WriteOptions,
+    ) -> Result<Written, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        self.syncer.check_writable()?;
+        if !incoming.is_well_formed() {
+            return Err(StoreError::InvalidObject(
+                "a sibling's dot is not covered by the version, or siblings are out of order",
+            ));
+        }
+        if incoming.siblings.is_empty() {
+            return Err(StoreError::InvalidObject("object has no siblings"));
+        }
+        let store_key = object_key(bucket, key);
+        let guard = self.lock(&store_key);
+        let local = self.read(bucket, key, &store_key)?;
+        // Our own dots come back to us through merges; one above our counter
+        // means our counter fell behind our history (a restored backup).
+        if self
+            .counter
+            .observe(incoming.version.counter(&self.identity.actor()))?
+        {
+            bump(&self.counters.dot_counter_jumps);
+        }
+        let mut merged = match &local {
+            Some(local) => local.merge(incoming),
+            None => incoming.clone(),
+        };
+        if opts.resolve_by_time {
+            merged.resolve_last_write_wins();
+        }
+        assert!(merged.version.descends(&incoming.version));
+        assert!(
+            local
+                .as_ref()
+                .is_none_or(|l| merged.version.descends(&l.version))
+        );
+        let seq = if local.as_ref() == Some(&merged) {
+            bump(&self.counters.merges_unchanged);
+            // Nothing to write, but the local copy may still wait for its
+            // fsync: answer durable only once it is.
+            self.syncer.written_seq()
+        } else {
+            self.write(bucket, key, &store_key, &merged, opts)?
+        };
+        drop(guard);
+        let durable = self.syncer.commit(seq)?;
+        bump(&self.counters.merges);
+        Ok(Written {
+            object: merged,
+            dot: None,
+            durable,
+        })
+    }
+
+    /// Buckets holding at least one key that is not all tombstones, in
+    /// layout order (shorter names first, then bytewise).
+    ///
+    /// Skips from bucket to bucket, so the cost follows the number of
+    /// buckets, except that a bucket whose first keys are tombstones is
+    /// scanned until a live key shows up.
+    pub fn list_buckets(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut buckets = Vec::new();
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let mut iter = match &from {
+                None => self.objects.iter(),
+                Some(from) => self.objects.range(from.clone()..),
+            };
+            let Some(first) = iter.next() else {
+                break;
+            };
+            let (store_key, value) = first.into_inner()?;
+            let (bucket, key) = split_key(&store_key)?;
+            let prefix = bucket_prefix(bucket);
+            let mut live = !object_is_deleted(&object_record_name(bucket, key), &value)?;
+            if !live {
+                for guard in iter {
+                    let (store_key, value) = guard.into_inner()?;
+                    if !store_key.starts_with(&prefix) {
+                        break;
+                    }
+                    let (bucket, key) = split_key(&store_key)?;
+                    if !object_is_deleted(&object_record_name(bucket, key), &value)? {
+                        live = true;
+                        break;
+                    }
+                }
+            }
+            if live {
+                buckets.push(bucket.to_vec());
+            }
+            match prefix_successor(&prefix) {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        Ok(buckets)
+    }
+
+    /// Every key of `bucket` whose object is not all tombstones, in byte
+    /// order. For a huge bucket use [`Store::keys`] or
+    /// [`Store::list_keys_page`] instead of holding them all.
+    pub fn list_keys(&self, bucket: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.keys(bucket)?.collect()
+    }
+
+    /// Streams the live keys of `bucket` in byte order, from a snapshot taken
+    /// now.
+    pub fn keys(&self, bucket: &[u8]) -> Result<Keys, StoreError> {
+        self.limits.check_bucket(bucket)?;
+        let prefix = bucket_prefix(bucket);
+        Ok(Keys {
+            iter: self.objects.prefix(&prefix),
+            prefix_size_bytes: prefix.len(),
+        })
+    }
+
+    /// Up to `limit` (at least 1) live keys of `bucket` after `start_after`
+    /// (exclusive; `None` or empty starts at the beginning), in byte order.
+    /// Each page reads its own snapshot, so a listing by pages is not one
+    /// consistent cut of a bucket that is being written.
+    pub fn list_keys_page(
+        &self,
+        bucket: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        use std::ops::Bound;
+        self.limits.check_bucket(bucket)?;
+        let limit = limit.max(1);
+        let prefix = bucket_prefix(bucket);
+        let lower = match start_after {
+            Some(after) if !after.is_empty() => {
+                // The cursor may come from a client: hold it to the limits
+                // before it becomes a store key.
+                self.limits.check_key(bucket, after)?;
+                Bound::Excluded(object_key(bucket, after))
+            }
+            _ => Bound::Included(prefix.clone()),
+        };
+        let upper = match prefix_successor(&prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let mut keys = Keys {
+            iter: self.objects.range::<Vec<u8>, _>((lower, upper)),
+            prefix_size_bytes: prefix.len(),
+        };
+        let mut page = KeyPage::default();
+        for key in keys.by_ref() {
+            page.keys.push(key?);
+            if page.keys.len() == limit {
+                page.next_start_after = page.keys.last().cloned();
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// Iterates every stored object, tombstones included, as
+    /// `(bucket, key, object)` in layout order, from a snapshot taken now.
+    /// For anti-entropy, hand-off and (later) tombstone reaping.
+    pub fn objects(&self) -> Objects {
+        Objects {
+            iter: self.objects.iter(),
+        }
+    }
+
+    /// Calls `f` on every stored object (tombstones included) until it
+    /// returns `false`. Stops at the first corrupt record with its error.
+    pub fn for_each_object(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8], &Object) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.objects() {
+            let (bucket, key, object) = item?;
+            if !f(&bucket, &key, &object) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket's stored properties; `None` means defaults apply.
+    pub fn bucket_props(&self, bucket: &[u8]) -> Result<Option<BucketProps>, StoreError> {
+        self.limits.check_bucket(bucket)?;
+        self.props
+            .get(bucket)?
+            .map(|bytes| layout::decode_props(bucket, &bytes))
+            .transpose()
+    }
+
+    /// Validates and stores the bucket's properties; durable (fsynced) before
+    /// returning, whatever the sync policy.
+    pub fn set_bucket_props(&self, bucket: &[u8], props: &BucketProps) -> Result<(), StoreError> {
+        self.limits.check_bucket(bucket)?;
+        props.validate()?;
+        self.syncer.check_writable()?;
+        self.props.insert(bucket, layout::encode_props(props))?;
+        self.syncer.note_write();
+        self.syncer.sync_now()
+    }
+
+    /// Removes the bucket's properties so defaults apply; durable before
+    /// returning.
+    pub fn reset_bucket_props(&self, bucket: &[u8]) -> Result<(), StoreError> {
+        self.limits.check_bucket(bucket)?;
+        self.syncer.check_writable()?;
+        self.props.remove(bucket)?;
+        self.syncer.note_write();
+        self.syncer.sync_now()
+    }
+
+    /// Every bucket with stored properties.
+    pub fn all_bucket_props(&self) -> Result<Vec<(Vec<u8>, BucketProps)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.props.iter() {
+            let (bucket, bytes) = guard.into_inner()?;
+            let props = layout::decode_props(&bucket, &bytes)?;
+            out.push((bucket.to_vec(), props));
+        }
+        Ok(out)
+    }
+
+    /// Keeps `incoming` as a hint for `owner`, a primary that cannot be
+    /// reached: merged into any hint already held for the same owner and
+    /// key, durable as the sync policy says, and bounded by
+    /// `Limits::hints_max` (beyond it: [`StoreError::HintStoreFull`]).
+    pub fn put_hint(
+        &self,
+        owner: u128,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+    ) -> Result<Written, StoreError> {
+        use std::sync::atomic::Ordering;
+        self.limits.check_key(bucket, key)?;
+        self.syncer.check_writable()?;
+        if !incoming.is_well_formed() || incoming.siblings.is_empty() {
+            return Err(StoreError::InvalidObject("hinted object is malformed"));
+        }
+        let hint_key = hint_key(owner, bucket, key);
+        let guard = self.lock(&hint_key);
+        let local = self
+            .hints
+            .get(&hint_key)?
+            .map(|bytes| decode_object(&format!("hint {}", escape(&hint_key)), &bytes))
+            .transpose()?;
+        if local.is_none() {
+            let count = self.hint_count.load(Ordering::Relaxed);
+            if count >= self.limits.hints_max {
+                return Err(StoreError::HintStoreFull { count });
+            }
+        }
+        let merged = match &local {
+            Some(local) => local.merge(incoming),
+            None => incoming.clone(),
+        };
+        let seq = if local.as_ref() == Some(&merged) {
+            self.syncer.written_seq()
+        } else {
+            let append = self.syncer.begin_append();
+            self.hints.insert(&hint_key, encode_object(&merged))?;
+            let seq = append.finish();
+            if local.is_none() {
+                self.hint_count.fetch_add(1, Ordering::Relaxed);
+            }
+            seq
+        };
+        drop(guard);
+        let durable = self.syncer.commit(seq)?;
+        Ok(Written {
+            object: merged,
+            dot: None,
+            durable,
+        })
+    }
+
+    /// Owners with hints and how many each has.
+    pub fn hint_owners(&self) -> Result<Vec<(u128, u64)>, StoreError> {
+        let mut owners: Vec<(u128, u64)> = Vec::new();
+        for guard in self.hints.iter() {
+            let (hint_key, _) = guard.into_inner()?;
+            let (owner, _, _) = split_hint_key(&hint_key)?;
+            match owners.last_mut() {
+                Some((last, count)) if *last == owner => *count += 1,
+                _ => owners.push((owner, 1)),
+            }
+        }
+        Ok(owners)
+    }
+
+    /// Up to `limit` hints for `owner`, as `(bucket, key, object)`.
+    pub fn hints(
+        &self,
+        owner: u128,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.hints.prefix(owner.to_be_bytes()).take(limit) {
+            let (hint_key, bytes) = guard.into_inner()?;
+            let (_, bucket, key) = split_hint_key(&hint_key)?;
+            let object = decode_object(&format!("hint {}", escape(&hint_key)), &bytes)?;
+            out.push((bucket.to_vec(), key.to_vec(), object));
+        }
+        Ok(out)
+    }
+
+    /// Removes the hint for `owner`/`bucket`/`key` if it is still exactly
+    /// `delivered` (a hint that grew meanwhile stays for the next round).
+    /// Returns whether it was removed.
+    pub fn remove_hint(
+        &self,
+        owner: u128,
+        bucket: &[u8],
+        key: &[u8],
+        delivered: &Object,
+    ) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering;
+        let hint_key = hint_key(owner, bucket, key);
+        let _guard = self.lock(&hint_key);
+        let Some(bytes) = self.hints.get(&hint_key)? else {
+            return Ok(false);
+        };
+        let stored = decode_object(&format!("hint {}", escape(&hint_key)), &bytes)?;
+        if stored != *delivered {
+            return Ok(false);
+        }
+        self.hints.remove(&hint_key)?;
+        self.syncer.note_write();
+        self.hint_count.fetch_sub(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Hints stored.
+    pub fn hint_count(&self) -> u64 {
+        self.hint_count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fsyncs now: every write made before the call is durable when it
+    /// returns. For callers that need durability under a lazy policy (a
+    /// request with `dw` > 0) and for shutdown.
+    pub fn sync_all(&self) -> Result<(), StoreError> {
+        self.syncer.sync_now()
+    }
+
+    /// Shuts down cleanly: drains pending commits, stops the sync thread and
+    /// fsyncs. Dropping the store does the same but can only log a failure.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.syncer.shutdown()
+    }
+
+    /// A snapshot of the store's counters.
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = self.counters.snapshot();
+        stats.disk_space_bytes = self.db.disk_space().unwrap_or(0);
+        stats.dot_counter_next = self.counter.next();
+        stats
+    }
+
+    fn lock(&self, store_key: &[u8]) -> MutexGuard<'_, ()> {
+        let hash = xxhash_rust::xxh3::xxh3_64(store_key);
+        // The modulo keeps the index below LOCK_STRIPES, which fits usize.
+        self.locks[(hash % LOCK_STRIPES as u64) as usize].lock()
+    }
+
+    fn read(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        store_key: &[u8],
+    ) -> Result<Option<Object>, StoreError> {
+        self.objects
+            .get(store_key)?
+            .map(|bytes| decode_object(&object_record_name(bucket, key), &bytes))
+            .transpose()
+    }
+
+    /// Checks the limits, then appends `object` to the journal. Returns the
+    /// write's commit sequence number. The caller holds the key's lock.
+    fn write(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        store_key: &[u8],
+        object: &Object,
+        opts: WriteOptions,
+    ) -> Result<u64, StoreError> {
+        let count = object.siblings.len();
+        if count > self.limits.siblings_max && !opts.repair {
+            bump(&self.counters.sibling_limit_refusals);
+            return Err(StoreError::TooManySiblings {
+                count,
+                max: self.limits.siblings_max,
+            });
+        }
+        if count > self.limits.siblings_warn {
+            bump(&self.counters.sibling_warnings);
+            tracing::warn!(
+                bucket = %escape(bucket),
+                key = %escape(key),
+                siblings = count,
+                siblings_warn = self.limits.siblings_warn,
+                repair = opts.repair,
+                "object has many siblings: clients may be writing without a context"
+            );
+        }
+        let bytes = encode_object(object);
+        let size_bytes = bytes.len() as u64;
+        if size_bytes > self.limits.object_size_bytes_max && !opts.repair {
+            bump(&self.counters.object_size_refusals);
+            return Err(StoreError::ObjectTooLarge {
+                size_bytes,
+                size_bytes_max: self.limits.object_size_bytes_max,
+            });
+        }
+        if size_bytes > self.limits.object_size_bytes_warn {
+            bump(&self.counters.object_size_warnings);
+            tracing::warn!(
+                bucket = %escape(bucket),
+                key = %escape(key),
+                size_bytes,
+                size_bytes_warn = self.limits.object_size_bytes_warn,
+                repair = opts.repair,
+                "large object"
+            );
+        }
+        let append = self.syncer.begin_append();
+        self.objects.insert(store_key, bytes)?;
+        let seq = append.finish();
+        bump(&self.counters.keys_written);
+        self.counters
+            .bytes_written
+            .fetch_add(size_bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Makes a new dot ceiling durable before any counter below it leaves.
+    fn persist_ceiling(&self, ceiling: u64) -> Result<(), StoreError> {
+        self.syncer.check_writable()?;
+        self.meta
+            .insert(META_DOT_CEILING, layout::encode_u64(ceiling))?;
+        self.syncer.note_write();
+        self.syncer.sync_now()
+    }
+
+    /// Test hook: the next fsync fails.
+    #[cfg(test)]
+    pub(crate) fn fail_next_fsync(&self) {
+        self.syncer.fail_next_fsync();
+    }
+}
+
+fn hint_key(owner: u128, bucket: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut out = owner.to_be_bytes().to_vec();
+    out.extend_from_slice(&object_key(bucket, key));
+    out
+}
+
+fn split_hint_key(hint_key: &[u8]) -> Result<(u128, &[u8], &[u8]), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        record: format!("hint key {}", escape(hint_key)),
+        reason: "malformed hint key".into(),
+    };
+    let (owner, rest) = hint_key.split_first_chunk::<16>().ok_or_else(corrupt)?;
+    let (bucket, key) = split_object_key(rest).ok_or_else(corrupt)?;
+    Ok((u128::from_be_bytes(*owner), bucket, key))
+}
+
+/// Splits a store key read from disk, or reports it corrupt.
+fn split_key(store_key: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    split_object_key(store_key).ok_or_else(|| StoreError::Corrupt {
+        record: format!("object key {}", escape(store_key)),
+        reason: "malformed store key".into(),
+    })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The live keys of one bucket; see [`Store::keys`].
+pub struct Keys {
+    iter: fjall::Iter,
+    prefix_size_bytes: usize,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Keys {
+    type Item = Result<Vec<u8>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for guard in self.iter.by_ref() {
+            let entry = guard
+                .into_inner()
+                .map_err(StoreError::from)
+                .and_then(|(k, v)| {
+                    let (bucket, key) = split_key(&k)?;
+                    debug_assert_eq!(bucket.len() + 2, self.prefix_size_bytes);
+                    let deleted = object_is_deleted(&object_record_name(bucket, key), &v)?;
+                    Ok((!deleted).then(|| key.to_vec()))
+                });
+            match entry {
+                Ok(None) => continue,
+                Ok(Some(key)) => return Some(Ok(key)),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        None
+    }
+}
+
+/// Every stored object; see [`Store::objects`].
+pub struct Objects {
+    iter: fjall::Iter,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Objects {
+    type Item = Result<(Vec<u8>, Vec<u8>, Object), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let guard = self.iter.next()?;
+        Some(
+            guard
+                .into_inner()
+                .map_err(StoreError::from)
+                .and_then(|(k, v)| {
+                    let (bucket, key) = split_key(&k)?;
+                    let object = decode_object(&object_record_name(bucket, key), &v)?;
+                    Ok((bucket.to_vec(), key.to_vec(), object))
+                }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

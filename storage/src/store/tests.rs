@@ -1,0 +1,1170 @@
+//! Store tests: one behaviour suite run against every [`SyncPolicy`], then
+//! policy-specific tests (group commit, poisoning, identity, a real SIGKILL).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use super::*;
+use crate::dvv::{ActorId, Metadata};
+
+fn config(dir: &Path, sync: SyncPolicy) -> StoreConfig {
+    StoreConfig {
+        sync,
+        ..StoreConfig::new(dir)
+    }
+}
+
+fn open(dir: &Path, sync: SyncPolicy) -> Store {
+    Store::open(config(dir, sync)).unwrap()
+}
+
+fn content_at(value: &str, last_modified_us: u64) -> Content {
+    Content {
+        value: value.as_bytes().to_vec(),
+        meta: Metadata {
+            content_type: "text/plain".into(),
+            last_modified_us,
+            ..Metadata::default()
+        },
+        deleted: false,
+    }
+}
+
+fn content(value: &str) -> Content {
+    content_at(value, 1)
+}
+
+fn values(object: &Object) -> BTreeSet<String> {
+    object
+        .live_siblings()
+        .map(|s| String::from_utf8(s.content.value.clone()).unwrap())
+        .collect()
+}
+
+const PUT: WriteOptions = WriteOptions {
+    resolve_by_time: false,
+    repair: false,
+};
+const REPAIR: WriteOptions = WriteOptions {
+    resolve_by_time: false,
+    repair: true,
+};
+const LWW: WriteOptions = WriteOptions {
+    resolve_by_time: true,
+    repair: false,
+};
+
+/// Another replica's actor, for building incoming objects.
+fn other_actor() -> ActorId {
+    ActorId {
+        node: 0xdead,
+        epoch: 0xbeef,
+    }
+}
+
+fn foreign_object(counter: u64, value: &str) -> Object {
+    let mut o = Object::new();
+    o.update(
+        &VersionVector::new(),
+        Dot {
+            actor: other_actor(),
+            counter,
+        },
+        content(value),
+    )
+    .unwrap();
+    o
+}
+
+// ---------------------------------------------------------------------------
+// The behaviour suite: every policy must pass it.
+// ---------------------------------------------------------------------------
+
+fn writes_read_back_with_the_policys_durability(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    assert_eq!(store.get(b"b", b"k").unwrap(), None);
+    let written = store
+        .put(b"b", b"k", &VersionVector::new(), content("v1"), PUT)
+        .unwrap();
+    assert_eq!(written.durable, sync == SyncPolicy::Always);
+    let dot = written.dot.unwrap();
+    assert_eq!(dot.actor, store.identity().actor());
+    let read = store.get(b"b", b"k").unwrap().unwrap();
+    assert_eq!(read, written.object);
+    assert_eq!(values(&read), BTreeSet::from(["v1".to_owned()]));
+    assert_eq!(read.siblings[0].content.meta.content_type, "text/plain");
+    let stats = store.stats();
+    assert_eq!((stats.puts, stats.gets, stats.dots_minted), (1, 2, 1));
+    assert!(stats.disk_space_bytes > 0);
+}
+
+fn zero_last_modified_is_filled_in(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let written = store
+        .put(b"b", b"k", &VersionVector::new(), content_at("v", 0), PUT)
+        .unwrap();
+    assert!(written.object.siblings[0].content.meta.last_modified_us > 1_600_000_000_000_000);
+    // A caller-given time is kept as is.
+    let written = store
+        .put(b"b", b"k2", &VersionVector::new(), content_at("v", 42), PUT)
+        .unwrap();
+    assert_eq!(written.object.siblings[0].content.meta.last_modified_us, 42);
+}
+
+fn stale_contexts_make_siblings_and_a_fresh_one_resolves_them(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let first = store
+        .put(b"b", b"k", &VersionVector::new(), content("a"), PUT)
+        .unwrap();
+    let stale = first.object.version;
+    store.put(b"b", b"k", &stale, content("b"), PUT).unwrap();
+    let both = store.put(b"b", b"k", &stale, content("c"), PUT).unwrap();
+    assert_eq!(
+        values(&both.object),
+        BTreeSet::from(["b".into(), "c".into()])
+    );
+    let resolved = store
+        .put(b"b", b"k", &both.object.version, content("d"), PUT)
+        .unwrap();
+    assert_eq!(resolved.object.siblings.len(), 1);
+    assert_eq!(
+        values(&store.get(b"b", b"k").unwrap().unwrap()),
+        BTreeSet::from(["d".into()])
+    );
+}
+
+fn deletes_leave_a_tombstone_hidden_from_listings(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let live = store
+        .put(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    store
+        .put(b"b", b"other", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let deleted = store.delete(b"b", b"k", &live.object.version, PUT).unwrap();
+    assert!(deleted.object.is_deleted());
+    let read = store.get(b"b", b"k").unwrap().unwrap();
+    assert!(read.is_deleted());
+    // The tombstone's context covers the deleted value.
+    assert!(read.version.descends(&live.object.version));
+    assert_eq!(store.list_keys(b"b").unwrap(), vec![b"other".to_vec()]);
+    // A bucket of tombstones only is not listed, but its objects are still
+    // stored for anti-entropy.
+    let only = store
+        .put(b"gone", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    store
+        .delete(b"gone", b"k", &only.object.version, PUT)
+        .unwrap();
+    assert_eq!(store.list_buckets().unwrap(), vec![b"b".to_vec()]);
+    assert!(store.list_keys(b"gone").unwrap().is_empty());
+    let mut stored = Vec::new();
+    store
+        .for_each_object(|bucket, key, object| {
+            stored.push((bucket.to_vec(), key.to_vec(), object.is_deleted()));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            (b"b".to_vec(), b"k".to_vec(), true),
+            (b"b".to_vec(), b"other".to_vec(), false),
+            (b"gone".to_vec(), b"k".to_vec(), true),
+        ]
+    );
+    // A write after the delete brings the key back.
+    store
+        .put(b"gone", b"k", &read.version, content("again"), PUT)
+        .unwrap();
+    assert_eq!(
+        store.list_buckets().unwrap(),
+        vec![b"b".to_vec(), b"gone".to_vec()]
+    );
+}
+
+fn listings_are_complete_ordered_and_paged(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    // Buckets that are prefixes of each other, and bytes that are not UTF-8.
+    let buckets: Vec<Vec<u8>> = vec![
+        b"a".to_vec(),
+        b"ab".to_vec(),
+        vec![0xff],
+        vec![0xff, 0xff],
+        b"zz".to_vec(),
+    ];
+    for bucket in &buckets {
+        for i in 0..25u32 {
+            let key = format!("key{i:03}");
+            store
+                .put(
+                    bucket,
+                    key.as_bytes(),
+                    &VersionVector::new(),
+                    content("v"),
+                    PUT,
+                )
+                .unwrap();
+        }
+    }
+    store
+        .put(
+            b"a",
+            &[0x00, 0xff],
+            &VersionVector::new(),
+            content("v"),
+            PUT,
+        )
+        .unwrap();
+    let listed: BTreeSet<Vec<u8>> = store.list_buckets().unwrap().into_iter().collect();
+    assert_eq!(listed, buckets.iter().cloned().collect());
+    assert_eq!(store.list_buckets().unwrap().len(), buckets.len());
+    let keys = store.list_keys(b"ab").unwrap();
+    assert_eq!(keys.len(), 25);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(store.list_keys(b"a").unwrap().len(), 26);
+    assert!(store.list_keys(b"nothing").unwrap().is_empty());
+    // Pages of 7 give the same keys as one listing.
+    let mut paged = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    for _ in 0..10 {
+        let page = store.list_keys_page(b"a", after.as_deref(), 7).unwrap();
+        assert!(page.keys.len() <= 7);
+        paged.extend(page.keys);
+        after = page.next_start_after;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, store.list_keys(b"a").unwrap());
+    assert_eq!(
+        store.list_keys_page(b"a", Some(b""), 1000).unwrap().keys,
+        paged
+    );
+    assert!(matches!(
+        store.list_keys_page(b"a", Some(&[b'k'; 70_000]), 10),
+        Err(StoreError::KeyTooLarge { .. })
+    ));
+    let streamed: Vec<Vec<u8>> = store.keys(b"zz").unwrap().map(Result::unwrap).collect();
+    assert_eq!(streamed, store.list_keys(b"zz").unwrap());
+    assert_eq!(store.objects().count(), 5 * 25 + 1);
+}
+
+fn limits_refuse_with_clear_errors(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        limits: Limits {
+            object_size_bytes_warn: 1000,
+            object_size_bytes_max: 4000,
+            ..Limits::default()
+        },
+        ..config(dir.path(), sync)
+    })
+    .unwrap();
+    let empty = VersionVector::new();
+    assert!(matches!(
+        store.put(b"", b"k", &empty, content("v"), PUT),
+        Err(StoreError::EmptyBucket)
+    ));
+    assert!(matches!(
+        store.put(b"b", b"", &empty, content("v"), PUT),
+        Err(StoreError::EmptyKey)
+    ));
+    assert!(matches!(
+        store.get(&[b'b'; 256], b"k"),
+        Err(StoreError::BucketTooLarge { .. })
+    ));
+    assert!(matches!(
+        store.put(b"b", &[b'k'; 1025], &empty, content("v"), PUT),
+        Err(StoreError::KeyTooLarge { .. })
+    ));
+    assert!(
+        store
+            .put(&[b'b'; 255], &[b'k'; 1024], &empty, content("v"), PUT)
+            .is_ok()
+    );
+    // Over the warning threshold: written and counted.
+    store
+        .put(b"b", b"big", &empty, content(&"x".repeat(2000)), PUT)
+        .unwrap();
+    assert_eq!(store.stats().object_size_warnings, 1);
+    // Over the limit: refused, nothing written.
+    let err = store
+        .put(b"b", b"huge", &empty, content(&"x".repeat(5000)), PUT)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::ObjectTooLarge {
+            size_bytes_max: 4000,
+            ..
+        }
+    ));
+    assert_eq!(store.get(b"b", b"huge").unwrap(), None);
+    assert_eq!(store.stats().object_size_refusals, 1);
+    // Siblings that together exceed the limit are refused too.
+    let err = store
+        .put(b"b", b"big", &empty, content(&"y".repeat(2500)), PUT)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ObjectTooLarge { .. }));
+    // Repair traffic is not refused: replicas must converge.
+    store
+        .merge(b"b", b"huge", &foreign_object(1, &"z".repeat(5000)), REPAIR)
+        .unwrap();
+}
+
+fn blind_writes_grow_siblings_up_to_the_limit_then_refuse(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let empty = VersionVector::new();
+    for i in 0..100 {
+        let written = store
+            .put(b"b", b"k", &empty, content(&format!("v{i}")), PUT)
+            .unwrap();
+        assert_eq!(written.object.siblings.len(), i + 1);
+    }
+    let err = store
+        .put(b"b", b"k", &empty, content("one too many"), PUT)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::TooManySiblings {
+            count: 101,
+            max: 100
+        }
+    ));
+    let stats = store.stats();
+    assert_eq!(stats.sibling_limit_refusals, 1);
+    assert_eq!(stats.sibling_warnings, 75);
+    assert_eq!(store.get(b"b", b"k").unwrap().unwrap().siblings.len(), 100);
+    // Repair traffic is not refused.
+    let written = store
+        .merge(b"b", b"k", &foreign_object(1, "from a replica"), REPAIR)
+        .unwrap();
+    assert_eq!(written.object.siblings.len(), 101);
+    // A client merge (not repair) is held to the limit.
+    assert!(matches!(
+        store.merge(b"b", b"k", &foreign_object(2, "again"), PUT),
+        Err(StoreError::TooManySiblings { .. })
+    ));
+    // Resolving with the full context brings it back to one.
+    let all = store.get(b"b", b"k").unwrap().unwrap().version;
+    let written = store
+        .put(b"b", b"k", &all, content("resolved"), PUT)
+        .unwrap();
+    assert_eq!(written.object.siblings.len(), 1);
+}
+
+fn read_modify_write_cycles_keep_one_sibling(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    for i in 0..1000 {
+        let context = store
+            .get(b"b", b"k")
+            .unwrap()
+            .map(|o| o.version)
+            .unwrap_or_default();
+        let written = store
+            .put(b"b", b"k", &context, content(&format!("v{i}")), PUT)
+            .unwrap();
+        assert_eq!(written.object.siblings.len(), 1);
+    }
+    let object = store.get(b"b", b"k").unwrap().unwrap();
+    assert_eq!(object.siblings.len(), 1);
+    assert_eq!(values(&object), BTreeSet::from(["v999".into()]));
+    // One actor, one entry in the version vector: no growth with writes.
+    assert_eq!(object.version.len(), 1);
+}
+
+fn resolve_by_time_keeps_the_latest_write(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let empty = VersionVector::new();
+    store
+        .put(b"b", b"k", &empty, content_at("new", 200), LWW)
+        .unwrap();
+    // A concurrent write with an older time loses.
+    let written = store
+        .put(b"b", b"k", &empty, content_at("old", 100), LWW)
+        .unwrap();
+    assert_eq!(values(&written.object), BTreeSet::from(["new".into()]));
+    // A newer one wins.
+    let written = store
+        .put(b"b", b"k", &empty, content_at("newer", 300), LWW)
+        .unwrap();
+    assert_eq!(values(&written.object), BTreeSet::from(["newer".into()]));
+    // Merges resolve too.
+    let written = store
+        .merge(b"b", b"k", &foreign_object(1, "latest-elsewhere"), LWW)
+        .unwrap();
+    // foreign_object writes at time 1: the local value stays.
+    assert_eq!(values(&written.object), BTreeSet::from(["newer".into()]));
+    assert_eq!(store.get(b"b", b"k").unwrap().unwrap().siblings.len(), 1);
+}
+
+fn merges_combine_replicas_and_are_idempotent(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    let local = store
+        .put(b"b", b"k", &VersionVector::new(), content("local"), PUT)
+        .unwrap();
+    let incoming = foreign_object(7, "remote");
+    let merged = store.merge(b"b", b"k", &incoming, REPAIR).unwrap();
+    assert_eq!(merged.dot, None);
+    assert_eq!(
+        values(&merged.object),
+        BTreeSet::from(["local".into(), "remote".into()])
+    );
+    assert_eq!(merged.object, local.object.merge(&incoming));
+    let written_before = store.stats().keys_written;
+    let again = store.merge(b"b", b"k", &incoming, REPAIR).unwrap();
+    assert_eq!(again.object, merged.object);
+    assert_eq!(again.durable, sync == SyncPolicy::Always);
+    let stats = store.stats();
+    assert_eq!(
+        stats.keys_written, written_before,
+        "an idempotent merge writes nothing"
+    );
+    assert_eq!((stats.merges, stats.merges_unchanged), (2, 1));
+    // A merge into an absent key stores the incoming copy.
+    store.merge(b"b", b"new", &incoming, REPAIR).unwrap();
+    assert_eq!(store.get(b"b", b"new").unwrap().unwrap(), incoming);
+    // A write that has seen the merged copy replaces both siblings.
+    let written = store
+        .put(
+            b"b",
+            b"k",
+            &merged.object.version,
+            content("both seen"),
+            PUT,
+        )
+        .unwrap();
+    assert_eq!(written.object.siblings.len(), 1);
+    // Malformed objects from a peer are refused, not stored.
+    let mut broken = foreign_object(9, "x");
+    broken.version = VersionVector::new();
+    assert!(matches!(
+        store.merge(b"b", b"k", &broken, REPAIR),
+        Err(StoreError::InvalidObject(_))
+    ));
+    assert!(matches!(
+        store.merge(b"b", b"k", &Object::new(), REPAIR),
+        Err(StoreError::InvalidObject(_))
+    ));
+}
+
+fn bucket_props_persist_and_reset(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let props = BucketProps {
+        n_val: 5,
+        allow_mult: false,
+        ..BucketProps::default()
+    };
+    {
+        let store = open(dir.path(), sync);
+        assert_eq!(store.bucket_props(b"b").unwrap(), None);
+        store.set_bucket_props(b"b", &props).unwrap();
+        store
+            .set_bucket_props(b"c", &BucketProps::default())
+            .unwrap();
+        let invalid = BucketProps {
+            n_val: 0,
+            ..BucketProps::default()
+        };
+        assert!(matches!(
+            store.set_bucket_props(b"d", &invalid),
+            Err(StoreError::InvalidProps(_))
+        ));
+        assert!(matches!(
+            store.set_bucket_props(b"", &props),
+            Err(StoreError::EmptyBucket)
+        ));
+        // Props are fsynced whatever the policy.
+        assert!(store.stats().fsyncs >= 2);
+    }
+    let store = open(dir.path(), sync);
+    assert_eq!(store.bucket_props(b"b").unwrap(), Some(props.clone()));
+    assert_eq!(
+        store.all_bucket_props().unwrap(),
+        vec![
+            (b"b".to_vec(), props),
+            (b"c".to_vec(), BucketProps::default())
+        ]
+    );
+    store.reset_bucket_props(b"b").unwrap();
+    drop(store);
+    let store = open(dir.path(), sync);
+    assert_eq!(store.bucket_props(b"b").unwrap(), None);
+    assert_eq!(store.all_bucket_props().unwrap().len(), 1);
+}
+
+fn data_identity_and_dots_survive_reopening(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = HashSet::new();
+    let mut identity = None;
+    let mut last_counter = 0;
+    for round in 0..30u32 {
+        let store = open(dir.path(), sync);
+        match identity {
+            None => identity = Some(store.identity()),
+            Some(id) => assert_eq!(store.identity(), id),
+        }
+        let context = store
+            .get(b"b", b"k")
+            .unwrap()
+            .map(|o| o.version)
+            .unwrap_or_default();
+        for i in 0..7u32 {
+            let written = store
+                .put(
+                    b"b",
+                    format!("k{i}").as_bytes(),
+                    &VersionVector::new(),
+                    content("v"),
+                    PUT,
+                )
+                .unwrap();
+            let dot = written.dot.unwrap();
+            assert!(seen.insert(dot), "dot {dot:?} handed out twice");
+            assert!(dot.counter > last_counter);
+            last_counter = dot.counter;
+        }
+        store
+            .put(
+                b"b",
+                b"k",
+                &context,
+                content(&format!("round {round}")),
+                PUT,
+            )
+            .unwrap();
+        if round % 2 == 0 {
+            store.close().unwrap();
+        } // Odd rounds just drop.
+    }
+    assert_eq!(seen.len(), 30 * 7);
+    let store = open(dir.path(), sync);
+    let object = store.get(b"b", b"k").unwrap().unwrap();
+    assert_eq!(values(&object), BTreeSet::from(["round 29".into()]));
+    // Each open leases a fresh block: counters skip, never repeat.
+    assert!(store.stats().dot_counter_next > 30 * COUNTER_LEASE_BLOCK_MIN);
+}
+
+/// The smallest block a reopen skips to; leases are `COUNTER_LEASE_BLOCK`.
+const COUNTER_LEASE_BLOCK_MIN: u64 = crate::identity::COUNTER_LEASE_BLOCK - 10;
+
+fn concurrent_read_modify_writes_lose_no_update(sync: SyncPolicy) {
+    const THREADS: usize = 8;
+    const CYCLES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), sync));
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..CYCLES {
+                    // Read, fold every sibling's tokens together, add ours,
+                    // write back with the context read.
+                    let read = store.get(b"b", b"set").unwrap();
+                    let mut tokens: BTreeSet<String> = BTreeSet::new();
+                    if let Some(object) = &read {
+                        for value in values(object) {
+                            tokens.extend(
+                                value.split(',').filter(|s| !s.is_empty()).map(String::from),
+                            );
+                        }
+                    }
+                    tokens.insert(format!("{t}.{i}"));
+                    let value = tokens.into_iter().collect::<Vec<_>>().join(",");
+                    let context = read.map(|o| o.version).unwrap_or_default();
+                    let written = store
+                        .put(b"b", b"set", &context, content(&value), PUT)
+                        .unwrap();
+                    assert!(written.object.siblings.len() <= THREADS);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let object = store.get(b"b", b"set").unwrap().unwrap();
+    assert!(object.siblings.len() <= THREADS);
+    let mut tokens = BTreeSet::new();
+    for value in values(&object) {
+        tokens.extend(value.split(',').map(String::from));
+    }
+    for t in 0..THREADS {
+        for i in 0..CYCLES {
+            assert!(
+                tokens.contains(&format!("{t}.{i}")),
+                "update {t}.{i} was lost"
+            );
+        }
+    }
+}
+
+fn truly_concurrent_writers_make_one_sibling_each(sync: SyncPolicy) {
+    const THREADS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), sync));
+    let base = store
+        .put(b"b", b"k", &VersionVector::new(), content("base"), PUT)
+        .unwrap()
+        .object
+        .version;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, barrier, base) = (store.clone(), barrier.clone(), base.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // Everyone writes having read the same version: all concurrent.
+                store
+                    .put(b"b", b"k", &base, content(&format!("w{t}")), PUT)
+                    .unwrap()
+            })
+        })
+        .collect();
+    let dots: HashSet<Dot> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().dot.unwrap())
+        .collect();
+    assert_eq!(dots.len(), THREADS);
+    let object = store.get(b"b", b"k").unwrap().unwrap();
+    assert_eq!(object.siblings.len(), THREADS);
+    assert!(!values(&object).contains("base"));
+}
+
+fn corrupt_records_are_errors_not_panics(sync: SyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync);
+    store
+        .put(b"b", b"good", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    // Bytes the store never writes, planted under its key layout.
+    store
+        .objects
+        .insert(layout::object_key(b"b", b"bad"), vec![9, 0, 1, 2])
+        .unwrap();
+    store.props.insert(b"p".as_slice(), vec![1, 0xff]).unwrap();
+    assert!(matches!(
+        store.get(b"b", b"bad"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.put(b"b", b"bad", &VersionVector::new(), content("v"), PUT),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.list_keys(b"b"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(
+        store
+            .objects()
+            .any(|item| matches!(item, Err(StoreError::Corrupt { .. })))
+    );
+    assert!(matches!(
+        store.bucket_props(b"p"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(store.get(b"b", b"good").unwrap().is_some());
+    // A malformed store key (empty bucket) is caught too.
+    store
+        .objects
+        .insert(vec![0u8, 0, b'k'], encode_object(&foreign_object(1, "v")))
+        .unwrap();
+    assert!(
+        store
+            .objects()
+            .any(|item| matches!(item, Err(StoreError::Corrupt { .. })))
+    );
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod always {
+            $(#[test] fn $test() { super::$test(super::SyncPolicy::Always) })*
+        }
+        mod interval {
+            $(#[test] fn $test() {
+                super::$test(super::SyncPolicy::Interval { interval_ms: 5 })
+            })*
+        }
+        mod never {
+            $(#[test] fn $test() { super::$test(super::SyncPolicy::Never) })*
+        }
+    };
+}
+
+suite!(
+    writes_read_back_with_the_policys_durability,
+    zero_last_modified_is_filled_in,
+    stale_contexts_make_siblings_and_a_fresh_one_resolves_them,
+    deletes_leave_a_tombstone_hidden_from_listings,
+    listings_are_complete_ordered_and_paged,
+    limits_refuse_with_clear_errors,
+    blind_writes_grow_siblings_up_to_the_limit_then_refuse,
+    read_modify_write_cycles_keep_one_sibling,
+    resolve_by_time_keeps_the_latest_write,
+    merges_combine_replicas_and_are_idempotent,
+    bucket_props_persist_and_reset,
+    data_identity_and_dots_survive_reopening,
+    concurrent_read_modify_writes_lose_no_update,
+    truly_concurrent_writers_make_one_sibling_each,
+    corrupt_records_are_errors_not_panics,
+);
+
+// ---------------------------------------------------------------------------
+// Policy-specific and identity tests.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn concurrent_writers_share_fsyncs() {
+    const THREADS: usize = 32;
+    const WRITES: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), SyncPolicy::Always));
+    // Lease the first counter block now so its fsync is not counted below.
+    store
+        .put(b"b", b"warm", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let before = store.stats();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..WRITES {
+                    let key = format!("k{t}-{i}");
+                    let written = store
+                        .put(
+                            b"b",
+                            key.as_bytes(),
+                            &VersionVector::new(),
+                            content("v"),
+                            PUT,
+                        )
+                        .unwrap();
+                    assert!(written.durable);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let after = store.stats();
+    let writes = (THREADS * WRITES) as u64;
+    let fsyncs = after.fsyncs - before.fsyncs;
+    assert_eq!(after.fsync_writes_sum - before.fsync_writes_sum, writes);
+    assert!(
+        fsyncs < writes,
+        "{fsyncs} fsyncs for {writes} concurrent writes: no group commit"
+    );
+    assert!(after.fsync_batch_max > 1);
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let written = store
+        .put(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    store.fail_next_fsync();
+    // The write reached the journal but its fsync failed: not acknowledged.
+    assert!(matches!(
+        store.put(b"b", b"k2", &VersionVector::new(), content("v"), PUT),
+        Err(StoreError::Poisoned)
+    ));
+    // Every later write is refused; reads still work.
+    assert!(matches!(
+        store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
+        Err(StoreError::Poisoned)
+    ));
+    assert!(matches!(
+        store.merge(b"b", b"k", &written.object, REPAIR),
+        Err(StoreError::Poisoned)
+    ));
+    assert!(matches!(
+        store.set_bucket_props(b"b", &BucketProps::default()),
+        Err(StoreError::Poisoned)
+    ));
+    assert!(matches!(store.sync_all(), Err(StoreError::Poisoned)));
+    assert_eq!(store.get(b"b", b"k").unwrap(), Some(written.object));
+    assert!(store.stats().poisoned);
+    assert!(matches!(store.close(), Err(StoreError::Poisoned)));
+    // A restart recovers from the journal.
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert!(store.get(b"b", b"k").unwrap().is_some());
+    store
+        .put(b"b", b"k4", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+}
+
+#[test]
+fn a_failed_interval_fsync_poisons_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Interval { interval_ms: 2 });
+    store
+        .put(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    store.fail_next_fsync();
+    store
+        .put(b"b", b"k2", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.stats().poisoned {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval thread never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(matches!(
+        store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
+        Err(StoreError::Poisoned)
+    ));
+}
+
+#[test]
+fn the_interval_thread_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Interval { interval_ms: 2 });
+    store
+        .put(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let leases = store.stats().fsyncs;
+    store
+        .put(b"b", b"k2", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stats().fsyncs == leases {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval thread never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(store.stats().fsync_writes_sum >= 1);
+}
+
+#[test]
+fn never_leaves_syncing_to_sync_all_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Never);
+    store
+        .put(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let fsyncs = store.stats().fsyncs;
+    for i in 0..10 {
+        let key = format!("k{i}");
+        store
+            .put(
+                b"b",
+                key.as_bytes(),
+                &VersionVector::new(),
+                content("v"),
+                PUT,
+            )
+            .unwrap();
+    }
+    assert_eq!(store.stats().fsyncs, fsyncs, "no fsync on the write path");
+    store.sync_all().unwrap();
+    assert_eq!(store.stats().fsyncs, fsyncs + 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn identity_follows_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        node_id: Some(42),
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    let identity = store.identity();
+    assert_eq!(identity.node_id, 42);
+    assert_eq!(
+        identity.actor(),
+        ActorId {
+            node: 42,
+            epoch: identity.epoch
+        }
+    );
+    drop(store);
+    // Another node's id on this directory is refused.
+    assert!(matches!(
+        Store::open(StoreConfig {
+            node_id: Some(43),
+            ..StoreConfig::new(dir.path())
+        }),
+        Err(StoreError::IdentityMismatch {
+            stored: 42,
+            configured: 43
+        })
+    ));
+    // Without a configured id the stored one is used.
+    assert_eq!(
+        Store::open(StoreConfig::new(dir.path()))
+            .unwrap()
+            .identity(),
+        identity
+    );
+    // A wiped directory is a new actor even with the same node id.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let store = Store::open(StoreConfig {
+        node_id: Some(42),
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    assert_eq!(store.identity().node_id, 42);
+    assert_ne!(store.identity().epoch, identity.epoch);
+}
+
+#[test]
+fn inconsistent_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Store::open(StoreConfig {
+            limits: Limits {
+                siblings_warn: 10,
+                siblings_max: 5,
+                ..Limits::default()
+            },
+            ..StoreConfig::new(dir.path())
+        }),
+        Err(StoreError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        Store::open(config(dir.path(), SyncPolicy::Interval { interval_ms: 0 })),
+        Err(StoreError::InvalidConfig(_))
+    ));
+    // The directory is locked while a store has it open.
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert!(Store::open(StoreConfig::new(dir.path())).is_err());
+    drop(store);
+}
+
+#[test]
+fn the_counter_jumps_past_our_own_dots_instead_of_reusing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let me = store.identity().actor();
+    // As after restoring an old backup: another replica holds a dot of ours
+    // far above our counter.
+    let mut ahead = Object::new();
+    ahead
+        .update(
+            &VersionVector::new(),
+            Dot {
+                actor: me,
+                counter: 5000,
+            },
+            content("written before the backup was restored"),
+        )
+        .unwrap();
+    store.merge(b"b", b"k", &ahead, REPAIR).unwrap();
+    assert_eq!(store.stats().dot_counter_jumps, 1);
+    let written = store
+        .put(b"b", b"k", &VersionVector::new(), content("new"), PUT)
+        .unwrap();
+    assert!(written.dot.unwrap().counter > 5000);
+    assert_eq!(written.object.siblings.len(), 2, "neither write was lost");
+    // A context claiming a dot of ours above the counter also makes it jump.
+    let mut context = VersionVector::new();
+    context.add(Dot {
+        actor: me,
+        counter: 9000,
+    });
+    let written = store.put(b"b", b"k2", &context, content("v"), PUT).unwrap();
+    assert!(written.dot.unwrap().counter > 9000);
+    assert_eq!(store.stats().dot_counter_jumps, 2);
+    // The jump is durable: a reopened store continues above it.
+    drop(store);
+    let store = open(dir.path(), SyncPolicy::Always);
+    let written = store
+        .put(b"b", b"k3", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    assert!(written.dot.unwrap().counter > 9000);
+}
+
+#[test]
+fn store_and_iterators_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<Keys>();
+    send::<Objects>();
+    send_sync::<StoreError>();
+}
+
+/// The environment variable that turns [`crash_child`] on.
+const CRASH_DIR_ENV: &str = "STARLING_STORE_CRASH_DIR";
+
+/// Kills a writer process with SIGKILL mid-stream, three times, and checks
+/// that no dot it reported was handed out again, by it or by the store
+/// reopened afterwards.
+#[test]
+fn dots_are_unique_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut seen: HashSet<(u64, u64, u64)> = HashSet::new();
+    let mut previous_max = 0;
+    for round in 0..3 {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "store::tests::crash_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut round_dots = Vec::new();
+        // Enough writes to cross a lease boundary before the kill.
+        let wanted = 1200 + round * 300;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let Some(rest) = line.strip_prefix("DOT ") else {
+                continue;
+            };
+            let parts: Vec<u64> = rest.split(' ').map(|p| p.parse().unwrap()).collect();
+            let dot = (parts[0], parts[1], parts[2]);
+            assert!(seen.insert(dot), "dot {dot:?} handed out twice");
+            round_dots.push(dot.2);
+            if round_dots.len() == wanted {
+                break;
+            }
+        }
+        // Child::kill sends SIGKILL: no destructor, no final fsync.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(round_dots.len(), wanted, "the writer stopped early");
+        assert!(round_dots[0] > previous_max, "a restart reused counters");
+        previous_max = *round_dots.iter().max().unwrap();
+    }
+    let store = open(dir.path(), SyncPolicy::Always);
+    let me = store.identity().actor();
+    for i in 0..10 {
+        let key = format!("after{i}");
+        let dot = store
+            .put(
+                b"b",
+                key.as_bytes(),
+                &VersionVector::new(),
+                content("v"),
+                PUT,
+            )
+            .unwrap()
+            .dot
+            .unwrap();
+        assert!(dot.counter > previous_max);
+        assert!(seen.insert((me.node, me.epoch, dot.counter)));
+    }
+}
+
+/// The writer half of [`dots_are_unique_across_sigkill`]: does nothing unless
+/// started by it.
+#[test]
+#[ignore = "runs only as the child process of dots_are_unique_across_sigkill"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    // Never: the fastest policy, and the one that relies most on the lease.
+    let store = open(Path::new(&dir), SyncPolicy::Never);
+    let me = store.identity().actor();
+    let mut out = std::io::stdout().lock();
+    for i in 0..1_000_000u64 {
+        let key = format!("k{i}");
+        let dot = store
+            .put(
+                b"b",
+                key.as_bytes(),
+                &VersionVector::new(),
+                content("v"),
+                PUT,
+            )
+            .unwrap()
+            .dot
+            .unwrap();
+        writeln!(out, "DOT {} {} {}", me.node, me.epoch, dot.counter).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn hints_merge_survive_reopening_and_are_removed_only_when_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = 0xabcd_u128;
+    let first = foreign_object(1, "a");
+    let second = foreign_object(2, "b");
+    {
+        let store = open(dir.path(), SyncPolicy::Always);
+        assert!(store.put_hint(owner, b"b", b"k", &first).unwrap().durable);
+        store.put_hint(owner, b"b", b"k", &second).unwrap();
+        store.put_hint(owner + 1, b"b", b"other", &first).unwrap();
+        assert_eq!(
+            store.hint_owners().unwrap(),
+            vec![(owner, 1), (owner + 1, 1)]
+        );
+    }
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert_eq!(store.hint_count(), 2);
+    let batch = store.hints(owner, 10).unwrap();
+    assert_eq!(batch.len(), 1);
+    let (bucket, key, held) = &batch[0];
+    assert_eq!((bucket.as_slice(), key.as_slice()), (&b"b"[..], &b"k"[..]));
+    assert_eq!(*held, first.merge(&second));
+    // A stale delivery does not remove the newer hint.
+    assert!(!store.remove_hint(owner, b"b", b"k", &first).unwrap());
+    assert!(store.remove_hint(owner, b"b", b"k", held).unwrap());
+    assert_eq!(store.hint_owners().unwrap(), vec![(owner + 1, 1)]);
+    assert_eq!(store.hint_count(), 1);
+}
+
+#[test]
+fn the_hint_store_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        limits: Limits {
+            hints_max: 2,
+            ..Limits::default()
+        },
+        ..config(dir.path(), SyncPolicy::Never)
+    })
+    .unwrap();
+    store
+        .put_hint(1, b"b", b"k1", &foreign_object(1, "a"))
+        .unwrap();
+    store
+        .put_hint(1, b"b", b"k2", &foreign_object(2, "a"))
+        .unwrap();
+    // Merging into an existing hint still works; a new one is refused.
+    store
+        .put_hint(1, b"b", b"k1", &foreign_object(3, "c"))
+        .unwrap();
+    assert!(matches!(
+        store.put_hint(1, b"b", b"k3", &foreign_object(4, "a")),
+        Err(StoreError::HintStoreFull { count: 2 })
+    ));
+}
