@@ -611,11 +611,7 @@ impl Store {
     }
 
     /// Up to `limit` hints for `owner`, as `(bucket, key, object)`.
-    pub fn hints(
-        &self,
-        owner: u128,
-        limit: usize,
-    ) -> Result<Vec<Hint>, StoreError> {
+    pub fn hints(&self, owner: u128, limit: usize) -> Result<Vec<Hint>, StoreError> {
         let mut out = Vec::new();
         for guard in self.hints.prefix(owner.to_be_bytes()).take(limit) {
             let (hint_key, bytes) = guard.into_inner()?;

@@ -1,0 +1,338 @@
+//! The node's side of the HTTP API: client requests go to the quorum
+//! coordinator; `/admin/...` views are answered from the node's state.
+//!
+//! A cluster with fewer members than a bucket's `n_val` keeps one replica per
+//! member and caps quorums at the member count (a quorum value above `n_val`
+//! is still a 400); `/stats` and `/admin/ring` say so rather than pretend.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_api::{
+    AdminRequest, AdminResponse, Backend, BackendError, DeleteRequest, GetRequest, KeyStream,
+    PreflistEntry, PutRequest,
+};
+use serde_json::{Value, json};
+use storage::{BucketProps, Content, ContextKey, Object};
+use tracing::error;
+
+use crate::coordinator::Coordinator;
+use crate::handoff::HandoffStats;
+
+/// Keys per chunk of a streamed listing.
+const LIST_CHUNK_KEYS: usize = 1000;
+
+/// The backend of one node.
+#[derive(Debug)]
+pub struct NodeBackend {
+    coordinator: Arc<Coordinator>,
+    context_key: ContextKey,
+    node_name: String,
+    handoff: Arc<HandoffStats>,
+}
+
+impl NodeBackend {
+    /// Wraps the coordinator.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        context_key: ContextKey,
+        node_name: String,
+        handoff: Arc<HandoffStats>,
+    ) -> NodeBackend {
+        NodeBackend {
+            coordinator,
+            context_key,
+            node_name,
+            handoff,
+        }
+    }
+
+    /// Flushes the store to disk; called after the HTTP server drained.
+    pub async fn close(&self) {
+        let store = self.coordinator.store().clone();
+        match tokio::task::spawn_blocking(move || store.sync_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!(%err, "final fsync failed"),
+            Err(err) => error!(%err, "final fsync panicked"),
+        }
+    }
+
+    fn ring_json(&self) -> Value {
+        let view = self.coordinator.view();
+        let counts = view.ring.ownership_counts();
+        let members: Vec<Value> = view
+            .ring
+            .members()
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": format!("{:032x}", m.id),
+                    "node": view.name(m.id),
+                    "zone": m.zone,
+                    "partitions": counts.get(&m.id).copied().unwrap_or(0),
+                    "healthy": view.healthy(m.id),
+                })
+            })
+            .collect();
+        let partitions: Vec<Value> = view
+            .ring
+            .owners()
+            .map(|(p, id)| json!({ "partition": p, "owner": view.name(id) }))
+            .collect();
+        let default_n = BucketProps::default().n_val;
+        let note = (view.ring.members().len() < default_n as usize).then(|| {
+            format!(
+                "{} member(s): fewer than n_val={default_n}, so each key has {} replica(s) and quorums are capped",
+                view.ring.members().len(),
+                view.replicas(default_n)
+            )
+        });
+        json!({
+            "partition_count": view.ring.partition_count(),
+            "members": members,
+            "partitions": partitions,
+            "note": note,
+        })
+    }
+
+    async fn hints_json(&self) -> Value {
+        let store = self.coordinator.store().clone();
+        let owners = tokio::task::spawn_blocking(move || store.hint_owners()).await;
+        let view = self.coordinator.view();
+        let owners: Vec<Value> = match owners {
+            Ok(Ok(owners)) => owners
+                .into_iter()
+                .map(|(owner, count)| json!({ "owner": view.name(owner), "id": format!("{owner:032x}"), "hints": count }))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let pending: u64 = owners.iter().filter_map(|o| o["hints"].as_u64()).sum();
+        json!({
+            "pending": pending,
+            "owners": owners,
+            "delivered_total": self.handoff.delivered.load(Ordering::Relaxed),
+            "failed_total": self.handoff.failed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// `GET /admin/local?bucket=b&key=k`: this node's own copy of a key,
+    /// without asking any other replica (for operators and tests).
+    async fn local_json(&self, query: Option<&str>) -> AdminResponse {
+        let params: std::collections::HashMap<String, String> = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| {
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                (decode(k), decode(v))
+            })
+            .collect();
+        let (Some(bucket), Some(key)) = (params.get("bucket"), params.get("key")) else {
+            return AdminResponse::text(
+                StatusCode::BAD_REQUEST,
+                "bucket and key query parameters are required\n",
+            );
+        };
+        let store = self.coordinator.store().clone();
+        let (b, k) = (bucket.clone(), key.clone());
+        match tokio::task::spawn_blocking(move || store.get(b.as_bytes(), k.as_bytes())).await {
+            Ok(Ok(Some(object))) => AdminResponse::json(StatusCode::OK, &object_json(&object)),
+            Ok(Ok(None)) => AdminResponse::text(StatusCode::NOT_FOUND, "not held by this node\n"),
+            Ok(Err(err)) => AdminResponse::text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+            Err(err) => AdminResponse::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+        }
+    }
+}
+
+fn object_json(object: &Object) -> Value {
+    let siblings: Vec<Value> = object
+        .siblings
+        .iter()
+        .map(|s| {
+            json!({
+                "vtag": s.vtag(),
+                "deleted": s.content.deleted,
+                "value": String::from_utf8_lossy(&s.content.value),
+                "last_modified_us": s.content.meta.last_modified_us,
+            })
+        })
+        .collect();
+    json!({ "siblings": siblings, "actors": object.version.len() })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Backend for NodeBackend {
+    async fn get(&self, req: GetRequest) -> Result<Option<Object>, BackendError> {
+        self.coordinator.get(req).await
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<Object, BackendError> {
+        self.coordinator
+            .write(
+                req.bucket,
+                req.key,
+                req.context,
+                req.content,
+                req.quorums,
+                req.timeout,
+            )
+            .await
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> Result<(), BackendError> {
+        let tombstone = Content::tombstone(now_us());
+        self.coordinator
+            .write(
+                req.bucket,
+                req.key,
+                req.context,
+                tombstone,
+                req.quorums,
+                req.timeout,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn bucket_props(&self, bucket: Bytes) -> Result<BucketProps, BackendError> {
+        self.coordinator.props(&bucket).await
+    }
+
+    async fn set_bucket_props(
+        &self,
+        bucket: Bytes,
+        props: BucketProps,
+    ) -> Result<(), BackendError> {
+        props.validate()?;
+        self.coordinator.set_props(bucket, Some(props)).await
+    }
+
+    async fn reset_bucket_props(&self, bucket: Bytes) -> Result<(), BackendError> {
+        self.coordinator.set_props(bucket, None).await
+    }
+
+    async fn list_buckets(&self) -> Result<KeyStream, BackendError> {
+        Ok(chunked(self.coordinator.list(None).await?))
+    }
+
+    async fn list_keys(&self, bucket: Bytes) -> Result<KeyStream, BackendError> {
+        Ok(chunked(self.coordinator.list(Some(bucket)).await?))
+    }
+
+    async fn preflist(
+        &self,
+        bucket: Bytes,
+        key: Bytes,
+    ) -> Result<Vec<PreflistEntry>, BackendError> {
+        let props = self.coordinator.props(&bucket).await?;
+        Ok(self.coordinator.preflist(&bucket, &key, props.n_val))
+    }
+
+    async fn stats(&self) -> serde_json::Map<String, Value> {
+        let view = self.coordinator.view();
+        let states = |state: membership::MemberState| {
+            view.members.values().filter(|m| m.state == state).count()
+        };
+        let mut map = serde_json::Map::new();
+        map.insert("nodename".into(), self.node_name.clone().into());
+        map.insert(
+            "ring_members".into(),
+            view.ring
+                .members()
+                .iter()
+                .map(|m| Value::from(view.name(m.id)))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        map.insert(
+            "ring_num_partitions".into(),
+            view.ring.partition_count().into(),
+        );
+        map.insert(
+            "members_alive".into(),
+            states(membership::MemberState::Alive).into(),
+        );
+        map.insert(
+            "members_suspect".into(),
+            states(membership::MemberState::Suspect).into(),
+        );
+        map.insert(
+            "members_dead".into(),
+            states(membership::MemberState::Dead).into(),
+        );
+        map.insert(
+            "members_left".into(),
+            states(membership::MemberState::Left).into(),
+        );
+        if let Some(note) = self.ring_json()["note"].as_str() {
+            map.insert("replication_note".into(), note.into());
+        }
+        let hints = self.hints_json().await;
+        map.insert("hints_pending".into(), hints["pending"].clone());
+        map.insert(
+            "hints_delivered_total".into(),
+            hints["delivered_total"].clone(),
+        );
+        if let Ok(value) = serde_json::to_value(self.coordinator.store().stats()) {
+            map.insert("storage".into(), value);
+        }
+        map
+    }
+
+    async fn admin(&self, req: AdminRequest) -> AdminResponse {
+        let path = req.path.trim_end_matches('/');
+        let views = [
+            "/admin/members",
+            "/admin/ring",
+            "/admin/hints",
+            "/admin/local",
+        ];
+        if views.contains(&path) && req.method != http::Method::GET {
+            return AdminResponse::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is allowed here\n",
+            );
+        }
+        match path {
+            "/admin/members" => {
+                let members = self.coordinator.cluster().member_views();
+                AdminResponse::json(StatusCode::OK, &json!({ "members": members }))
+            }
+            "/admin/ring" => AdminResponse::json(StatusCode::OK, &self.ring_json()),
+            "/admin/hints" => AdminResponse::json(StatusCode::OK, &self.hints_json().await),
+            "/admin/local" => self.local_json(req.query.as_deref()).await,
+            _ => AdminResponse::not_found(&req),
+        }
+    }
+
+    fn context_key(&self) -> &ContextKey {
+        &self.context_key
+    }
+}
+
+/// Sends `items` as a stream of bounded chunks.
+fn chunked(items: Vec<Vec<u8>>) -> KeyStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut items = items.into_iter().map(Bytes::from).peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<Bytes> = items.by_ref().take(LIST_CHUNK_KEYS).collect();
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,364 @@
+//! Node configuration, parsed in two stages.
+//!
+//! Stage one gathers raw values from three sources — a TOML file, `STARLING_*`
+//! environment variables and command-line flags, in rising precedence — into
+//! [`RawConfig`], where every field is optional. Stage two, [`Config::from_raw`],
+//! fills defaults and validates, producing a [`Config`] whose invalid states
+//! cannot be represented: the rest of the node never re-checks a setting.
+//!
+//! This module does not open files other than the config file itself, bind
+//! sockets or create directories.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use storage::{Limits, SyncPolicy};
+
+use crate::coordinator::ReplicationConfig;
+use crate::handoff::HandoffConfig;
+
+/// Default HTTP port, Riak's.
+pub const DEFAULT_HTTP_PORT: u16 = 8098;
+/// Default cluster (QUIC) port.
+pub const DEFAULT_CLUSTER_PORT: u16 = 7946;
+
+/// Raw settings from one source; `None` means "not given here".
+///
+/// The same struct is filled from the TOML file (field names as below), from
+/// the environment (`STARLING_` + the upper-cased field name) and from flags
+/// (`--` + the field name with dashes), then layered.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name of this node, shown in logs, `/stats` and membership.
+    #[arg(long, env = "STARLING_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Directory for this node's data; created if missing.
+    #[arg(long, env = "STARLING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "STARLING_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Shared secret of the cluster. Seals causal contexts so a context handed
+    /// out by one node is accepted by every other and forged ones are refused.
+    /// Without it, the node creates a secret of its own in the data directory.
+    #[arg(long, env = "STARLING_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Name of the cluster. Nodes only talk to nodes of the same name (it is
+    /// part of the TLS handshake).
+    #[arg(long, env = "STARLING_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// UDP address of the cluster (QUIC) endpoint. Default: the HTTP
+    /// address's IP, port 7946.
+    #[arg(long, env = "STARLING_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address other nodes reach the cluster endpoint at, as `host:port`
+    /// (resolved at start). Default: `cluster_listen`, which then must not
+    /// be a wildcard address.
+    #[arg(long, env = "STARLING_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// HTTP address clients should use for this node, shown to other nodes
+    /// and operators. Default: `http_listen` (must then not be a wildcard).
+    #[arg(long, env = "STARLING_HTTP_ADVERTISE")]
+    pub http_advertise: Option<String>,
+    /// Seeds to join, `host:port` (DNS names allowed), comma-separated.
+    #[arg(long, env = "STARLING_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Failure zone of this node (rack, availability zone); replicas of a
+    /// key are spread over distinct zones when there are enough.
+    #[arg(long, env = "STARLING_ZONE")]
+    pub zone: Option<String>,
+    /// When writes reach the disk: `always` (fsync before every
+    /// acknowledgement, shared by concurrent writes), `interval` or `never`.
+    #[arg(long, env = "STARLING_SYNC")]
+    pub sync: Option<String>,
+    /// With `sync = "interval"`: milliseconds between fsyncs.
+    #[arg(long, env = "STARLING_SYNC_INTERVAL_MS")]
+    pub sync_interval_ms: Option<u64>,
+    /// Largest object accepted, in bytes (Riak's default: 50 MiB).
+    #[arg(long, env = "STARLING_OBJECT_SIZE_BYTES_MAX")]
+    pub object_size_bytes_max: Option<u64>,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long, env = "STARLING_SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "STARLING_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Ring partitions (a power of two, 1 to 65536); must be the same on
+    /// every node and never change for the life of the cluster.
+    #[arg(long, env = "STARLING_RING_SIZE")]
+    pub ring_size: Option<u32>,
+    /// Repair stale replicas from reads (`true` by default; tests turn it
+    /// off to see one mechanism at a time).
+    #[arg(long, env = "STARLING_READ_REPAIR")]
+    pub read_repair: Option<bool>,
+    /// Deliver hints to their owners (`true` by default; tests turn it off).
+    #[arg(long, env = "STARLING_HINTED_HANDOFF")]
+    pub hinted_handoff: Option<bool>,
+    /// Default deadline of a client request, in milliseconds.
+    #[arg(long, env = "STARLING_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl RawConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Layers `over` on top of `self`: a value given in `over` wins.
+    pub fn layered(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            node_name: over.node_name.or(self.node_name),
+            data_dir: over.data_dir.or(self.data_dir),
+            http_listen: over.http_listen.or(self.http_listen),
+            cluster_secret: over.cluster_secret.or(self.cluster_secret),
+            cluster_name: over.cluster_name.or(self.cluster_name),
+            cluster_listen: over.cluster_listen.or(self.cluster_listen),
+            cluster_advertise: over.cluster_advertise.or(self.cluster_advertise),
+            http_advertise: over.http_advertise.or(self.http_advertise),
+            join: over.join.or(self.join),
+            zone: over.zone.or(self.zone),
+            sync: over.sync.or(self.sync),
+            sync_interval_ms: over.sync_interval_ms.or(self.sync_interval_ms),
+            object_size_bytes_max: over.object_size_bytes_max.or(self.object_size_bytes_max),
+            shutdown_drain_ms: over.shutdown_drain_ms.or(self.shutdown_drain_ms),
+            log_format: over.log_format.or(self.log_format),
+            ring_size: over.ring_size.or(self.ring_size),
+            read_repair: over.read_repair.or(self.read_repair),
+            hinted_handoff: over.hinted_handoff.or(self.hinted_handoff),
+            request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
+        }
+    }
+}
+
+/// How logs are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name of this node.
+    pub node_name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Cluster secret, if configured.
+    pub cluster_secret: Option<String>,
+    /// Cluster name.
+    pub cluster_name: String,
+    /// QUIC listen address.
+    pub cluster_listen: SocketAddr,
+    /// Address peers reach the QUIC endpoint at (`host:port`).
+    pub cluster_advertise: String,
+    /// HTTP address shown to peers and operators.
+    pub http_advertise: String,
+    /// Seeds.
+    pub join: Vec<String>,
+    /// Failure zone.
+    pub zone: String,
+    /// Storage durability policy.
+    pub sync: SyncPolicy,
+    /// Storage limits.
+    pub limits: Limits,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_drain: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Replication settings.
+    pub replication: ReplicationConfig,
+    /// Hinted hand-off settings.
+    pub handoff: HandoffConfig,
+}
+
+/// Shortest cluster secret accepted: a guessable secret lets an outsider
+/// forge causal contexts (and later, join the cluster).
+const CLUSTER_SECRET_LEN_MIN: usize = 16;
+
+impl Config {
+    /// Fills defaults and validates.
+    pub fn from_raw(raw: RawConfig) -> anyhow::Result<Config> {
+        let http_listen = raw
+            .http_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)));
+        let node_name = raw
+            .node_name
+            .unwrap_or_else(|| format!("starling@{}", http_listen.ip()));
+        if node_name.is_empty() || node_name.len() > 255 {
+            bail!("node_name must be 1 to 255 bytes long");
+        }
+        let sync = match (
+            raw.sync.as_deref().unwrap_or("always"),
+            raw.sync_interval_ms,
+        ) {
+            ("always", None) => SyncPolicy::Always,
+            ("never", None) => SyncPolicy::Never,
+            ("interval", interval_ms) => {
+                let interval_ms = interval_ms.unwrap_or(100);
+                if interval_ms == 0 || interval_ms > 60_000 {
+                    bail!("sync_interval_ms must be between 1 and 60000, got {interval_ms}");
+                }
+                SyncPolicy::Interval { interval_ms }
+            }
+            ("always" | "never", Some(_)) => {
+                bail!("sync_interval_ms only applies with sync = \"interval\"")
+            }
+            (other, _) => bail!("sync must be always, interval or never, got {other:?}"),
+        };
+        if let Some(secret) = &raw.cluster_secret
+            && secret.len() < CLUSTER_SECRET_LEN_MIN
+        {
+            bail!("cluster_secret must be at least {CLUSTER_SECRET_LEN_MIN} bytes long");
+        }
+        let mut limits = Limits::default();
+        if let Some(max) = raw.object_size_bytes_max {
+            if !(1024..=1 << 30).contains(&max) {
+                bail!("object_size_bytes_max must be between 1 KiB and 1 GiB, got {max}");
+            }
+            limits.object_size_bytes_max = max;
+            limits.object_size_bytes_warn = limits.object_size_bytes_warn.min(max);
+        }
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => bail!("log_format must be text or json, got {other:?}"),
+        };
+        let shutdown_drain_ms = raw.shutdown_drain_ms.unwrap_or(10_000);
+        if shutdown_drain_ms > 600_000 {
+            bail!("shutdown_drain_ms must be at most 600000, got {shutdown_drain_ms}");
+        }
+        let cluster_name = raw.cluster_name.unwrap_or_else(|| "starling".to_owned());
+        if cluster_name.is_empty()
+            || cluster_name.len() > 64
+            || !cluster_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("cluster_name must be 1 to 64 characters of letters, digits, '-', '_' or '.'");
+        }
+        let cluster_listen = raw
+            .cluster_listen
+            .unwrap_or_else(|| SocketAddr::new(http_listen.ip(), DEFAULT_CLUSTER_PORT));
+        let cluster_advertise = match raw.cluster_advertise {
+            Some(addr) => addr,
+            None if cluster_listen.ip().is_unspecified() => {
+                bail!(
+                    "cluster_listen {cluster_listen} is a wildcard: set cluster_advertise to the address peers should use"
+                )
+            }
+            None => cluster_listen.to_string(),
+        };
+        let http_advertise = match raw.http_advertise {
+            Some(addr) => addr,
+            None => http_listen.to_string(),
+        };
+        let join = raw
+            .join
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>();
+        for seed in &join {
+            if !seed.contains(':') {
+                bail!("seed {seed:?} must be host:port");
+            }
+        }
+        let zone = raw.zone.unwrap_or_default();
+        if zone.len() > 64 {
+            bail!("zone must be at most 64 bytes");
+        }
+        let ring_size = raw
+            .ring_size
+            .unwrap_or(crate::ring::DEFAULT_PARTITION_COUNT);
+        if !ring_size.is_power_of_two() || ring_size > 65536 {
+            bail!("ring_size must be a power of two between 1 and 65536, got {ring_size}");
+        }
+        let request_timeout_ms = raw.request_timeout_ms.unwrap_or(10_000);
+        if !(10..=600_000).contains(&request_timeout_ms) {
+            bail!("request_timeout_ms must be between 10 and 600000, got {request_timeout_ms}");
+        }
+        let replication = ReplicationConfig {
+            partition_count: ring_size,
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            read_repair: raw.read_repair.unwrap_or(true),
+            ..ReplicationConfig::default()
+        };
+        let handoff = HandoffConfig {
+            enabled: raw.hinted_handoff.unwrap_or(true),
+            ..HandoffConfig::default()
+        };
+        Ok(Config {
+            replication,
+            handoff,
+            cluster_name,
+            cluster_listen,
+            cluster_advertise,
+            http_advertise,
+            join,
+            zone,
+            node_name,
+            data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            http_listen,
+            cluster_secret: raw.cluster_secret,
+            sync,
+            limits,
+            shutdown_drain: Duration::from_millis(shutdown_drain_ms),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_riak_like_and_durable() {
+        let c = Config::from_raw(RawConfig::default()).unwrap();
+        assert_eq!(c.http_listen.port(), 8098);
+        assert!(matches!(c.sync, SyncPolicy::Always));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: RawConfig = toml::from_str("data_dir = \"/a\"\nsync = \"never\"").unwrap();
+        let flags = RawConfig {
+            data_dir: Some("/b".into()),
+            ..RawConfig::default()
+        };
+        let c = Config::from_raw(file.layered(flags)).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/b"));
+        assert!(matches!(c.sync, SyncPolicy::Never));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        for toml_text in [
+            "sync = \"sometimes\"",
+            "sync = \"always\"\nsync_interval_ms = 5",
+            "sync = \"interval\"\nsync_interval_ms = 0",
+            "cluster_secret = \"short\"",
+            "log_format = \"xml\"",
+            "unknown_field = 1",
+        ] {
+            let parsed = toml::from_str::<RawConfig>(toml_text)
+                .map_err(anyhow::Error::from)
+                .and_then(Config::from_raw);
+            assert!(parsed.is_err(), "{toml_text} should be refused");
+        }
+    }
+}

@@ -1,0 +1,934 @@
+//! The quorum coordinator: any node takes any request and works with the
+//! replicas of its key.
+//!
+//! The ring gives a key's preference list, its N primaries. Which of them
+//! answer right now is SWIM's business: only members seen `alive` get
+//! requests; a suspect or dead primary's share of a write goes to the next
+//! healthy node on the ring as a hint.
+//!
+//! **Writes.** A write is minted by a primary, never by a fallback or a
+//! non-replica: the coordinator forwards it to itself if it is a healthy
+//! primary, else to the first healthy primary, which applies it to its
+//! durable copy (minting the dot there keeps the dvv summary sound, see
+//! `storage::dvv`). The resulting object is then merged into the other
+//! primaries, or stored as hints on fallbacks for the ones that cannot be
+//! reached. The client is answered once W replicas acknowledged, DW of them
+//! durably and PW of them primaries; the rest of the replication goes on in
+//! the background. A write that cannot meet its quorum answers 503 with the
+//! count: some replicas may hold it, so its outcome is indeterminate. If no
+//! primary is reachable at all, the write is refused before anything is
+//! written.
+//!
+//! **Reads.** A read asks every healthy primary, answers after R replies (PR
+//! of them primaries; a "not found" counts towards R when `notfound_ok`),
+//! merges what it got, and keeps listening for the late replies for a short
+//! while: every replica whose copy is behind the merge of all replies is
+//! repaired with it (read repair).
+//!
+//! Boundary: the coordinator decides where requests go and when to answer;
+//! storage semantics are the store's, bytes on the wire the transport's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http_api::BackendError;
+use membership::{Member, MemberState, RingState};
+use parking_lot::Mutex;
+use storage::{
+    BucketProps, Content, Object, Quorum, Store, StoreError, VersionVector, WriteOptions,
+};
+use tracing::{debug, warn};
+
+use crate::cluster::{Cluster, RpcRequest, TAG_RPC};
+use crate::ring::{Ring, RingMember};
+use crate::rpc::{self, Apply, Envelope, ErrorKind, Request, Response};
+
+/// Replication settings of a node.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Partitions of the ring (a power of two, fixed at cluster creation).
+    pub partition_count: u32,
+    /// Deadline of a client request when the client gives none.
+    pub request_timeout: Duration,
+    /// How long a read keeps listening for late replies to repair them.
+    pub read_repair_window: Duration,
+    /// Repair stale replicas from reads (off only for tests).
+    pub read_repair: bool,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            partition_count: crate::ring::DEFAULT_PARTITION_COUNT,
+            request_timeout: Duration::from_secs(10),
+            read_repair_window: Duration::from_secs(1),
+            read_repair: true,
+        }
+    }
+}
+
+/// A snapshot of who owns what and who answers.
+#[derive(Debug)]
+pub struct View {
+    /// The ring of the current member set.
+    pub ring: Arc<Ring>,
+    /// Every known member by id.
+    pub members: HashMap<u128, Member>,
+    /// This node's id.
+    pub local: u128,
+}
+
+impl View {
+    /// Whether requests may go to `id` now.
+    pub fn healthy(&self, id: u128) -> bool {
+        id == self.local
+            || self
+                .members
+                .get(&id)
+                .is_some_and(|m| m.state == MemberState::Alive)
+    }
+
+    /// The replica count a bucket gets: `n_val`, capped at the member count.
+    pub fn replicas(&self, n_val: u32) -> u32 {
+        n_val.min(self.ring.members().len().max(1) as u32)
+    }
+
+    /// A member's name for clients (its HTTP address).
+    pub fn name(&self, id: u128) -> String {
+        self.members
+            .get(&id)
+            .map_or_else(|| format!("{id:032x}"), |m| m.meta.http_addr.clone())
+    }
+}
+
+/// One replica's outcome in a fan-out.
+struct Reply {
+    node: u128,
+    primary: bool,
+    result: Result<Response, String>,
+}
+
+/// The replication layer of one node.
+#[derive(Debug)]
+pub struct Coordinator {
+    store: Arc<Store>,
+    cluster: Cluster,
+    config: ReplicationConfig,
+    ring_cache: Mutex<Option<(Vec<RingMember>, Arc<Ring>)>>,
+    next_request_id: AtomicU64,
+}
+
+fn is_ring_member(m: &Member) -> bool {
+    matches!(m.meta.ring, RingState::Member | RingState::Leaving)
+}
+
+fn quorum_error(needed: u32, replied: u32, what: &str) -> BackendError {
+    BackendError::QuorumNotMet {
+        needed,
+        replied,
+        what: what.to_owned(),
+    }
+}
+
+fn store_error(err: StoreError) -> (ErrorKind, String) {
+    let kind = match &err {
+        StoreError::KeyTooLarge { .. }
+        | StoreError::BucketTooLarge { .. }
+        | StoreError::EmptyKey
+        | StoreError::EmptyBucket
+        | StoreError::InvalidObject(_) => ErrorKind::BadRequest,
+        StoreError::ObjectTooLarge { .. } => ErrorKind::TooLarge,
+        StoreError::TooManySiblings { .. } => ErrorKind::TooManySiblings,
+        StoreError::Poisoned | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    (kind, err.to_string())
+}
+
+/// Maps a replica's refusal of a client write to the client's error.
+fn refusal(kind: ErrorKind, message: String) -> BackendError {
+    match kind {
+        ErrorKind::BadRequest => BackendError::BadRequest(message),
+        ErrorKind::TooLarge => BackendError::TooLarge(message),
+        ErrorKind::TooManySiblings => {
+            // The replica's message names the counts; keep them.
+            BackendError::Unavailable(message)
+        }
+        ErrorKind::Unavailable => BackendError::Unavailable(message),
+        ErrorKind::Internal => BackendError::Internal(message),
+    }
+}
+
+impl Coordinator {
+    /// A coordinator over the local store and cluster.
+    pub fn new(store: Arc<Store>, cluster: Cluster, config: ReplicationConfig) -> Coordinator {
+        Coordinator {
+            store,
+            cluster,
+            config,
+            ring_cache: Mutex::new(None),
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The cluster handle.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    /// The current ring and liveness.
+    pub fn view(&self) -> View {
+        let local = self.cluster.local_id().0;
+        let members: HashMap<u128, Member> = self
+            .cluster
+            .members()
+            .into_iter()
+            .map(|m| (m.id.0, m))
+            .collect();
+        let mut ring_members: Vec<RingMember> = members
+            .values()
+            .filter(|m| is_ring_member(m))
+            .map(|m| RingMember {
+                id: m.id.0,
+                zone: m.meta.zone.clone(),
+            })
+            .collect();
+        ring_members.sort();
+        let mut cache = self.ring_cache.lock();
+        let ring = match cache.as_ref() {
+            Some((cached, ring)) if *cached == ring_members => ring.clone(),
+            _ => {
+                let ring = Arc::new(
+                    Ring::new(self.config.partition_count, &ring_members)
+                        .expect("partition count was validated at start"),
+                );
+                *cache = Some((ring_members, ring.clone()));
+                ring
+            }
+        };
+        View {
+            ring,
+            members,
+            local,
+        }
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        Instant::now() + timeout.unwrap_or(self.config.request_timeout)
+    }
+
+    /// Sends `request` to replica `node` (or runs it here) and waits until
+    /// `deadline`.
+    pub async fn call(
+        self: &Arc<Self>,
+        view_local: u128,
+        node: u128,
+        addr: Option<std::net::SocketAddr>,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response, String> {
+        if node == view_local {
+            let this = self.clone();
+            return tokio::task::spawn_blocking(move || this.execute(request))
+                .await
+                .map_err(|e| format!("local replica task failed: {e}"));
+        }
+        let addr = addr.ok_or_else(|| format!("no address for node {node:032x}"))?;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let envelope = Envelope {
+            format: rpc::RPC_FORMAT,
+            request_id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            budget_ms: budget.as_millis().min(u128::from(u32::MAX)) as u32,
+            request,
+        };
+        let mut bytes = Vec::with_capacity(256);
+        bytes.push(TAG_RPC);
+        bytes.extend_from_slice(&rpc::encode(&envelope));
+        let answer = self
+            .cluster
+            .transport()
+            .request(addr, &bytes, budget)
+            .await
+            .map_err(|e| e.to_string())?;
+        rpc::decode_response(&answer).map_err(|e| e.to_string())
+    }
+
+    /// Carries out a replica request against the local store (blocking).
+    pub fn execute(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Get { bucket, key } => self.store.get(&bucket, &key).map(Response::Object),
+            Request::Put {
+                bucket,
+                key,
+                context,
+                content,
+                apply,
+            } => {
+                let opts = WriteOptions {
+                    resolve_by_time: apply.resolve_by_time,
+                    repair: false,
+                };
+                self.store
+                    .put(&bucket, &key, &context, content, opts)
+                    .and_then(|w| self.synced(w, apply))
+            }
+            Request::Merge {
+                bucket,
+                key,
+                object,
+                apply,
+            } => {
+                let opts = WriteOptions {
+                    resolve_by_time: apply.resolve_by_time,
+                    repair: true,
+                };
+                self.store
+                    .merge(&bucket, &key, &object, opts)
+                    .and_then(|w| self.synced(w, apply))
+            }
+            Request::Hint {
+                owner,
+                bucket,
+                key,
+                object,
+                apply,
+            } => self
+                .store
+                .put_hint(owner, &bucket, &key, &object)
+                .and_then(|w| self.synced(w, apply)),
+            Request::SetProps {
+                bucket,
+                props: Some(props),
+            } => self
+                .store
+                .set_bucket_props(&bucket, &props)
+                .map(|()| Response::Done),
+            Request::SetProps {
+                bucket,
+                props: None,
+            } => self
+                .store
+                .reset_bucket_props(&bucket)
+                .map(|()| Response::Done),
+            Request::List { bucket: None } => self.store.list_buckets().map(Response::Names),
+            Request::List {
+                bucket: Some(bucket),
+            } => self.store.list_keys(&bucket).map(Response::Names),
+        };
+        result.unwrap_or_else(|err| {
+            let (kind, message) = store_error(err);
+            Response::Error { kind, message }
+        })
+    }
+
+    fn synced(&self, written: storage::Written, apply: Apply) -> Result<Response, StoreError> {
+        let mut durable = written.durable;
+        if apply.sync && !durable {
+            self.store.sync_all()?;
+            durable = true;
+        }
+        Ok(Response::Written {
+            object: written.object,
+            durable,
+        })
+    }
+
+    /// Serves replica RPCs from peers until the channel closes.
+    pub async fn serve_rpcs(self: Arc<Self>, mut rpcs: tokio::sync::mpsc::Receiver<RpcRequest>) {
+        while let Some(rpc_request) = rpcs.recv().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let response = match rpc::decode_envelope(&rpc_request.bytes) {
+                    Ok(envelope) => {
+                        let budget = Duration::from_millis(u64::from(envelope.budget_ms));
+                        let this2 = this.clone();
+                        let work =
+                            tokio::task::spawn_blocking(move || this2.execute(envelope.request));
+                        match tokio::time::timeout(budget, work).await {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(err)) => Response::Error {
+                                kind: ErrorKind::Internal,
+                                message: err.to_string(),
+                            },
+                            // The caller gave up; an answer would go nowhere.
+                            Err(_) => return,
+                        }
+                    }
+                    Err(err) => {
+                        debug!(from = %rpc_request.from, %err, "refused a malformed replica request");
+                        Response::Error {
+                            kind: ErrorKind::BadRequest,
+                            message: err.to_string(),
+                        }
+                    }
+                };
+                rpc_request.reply.send(&rpc::encode(&response)).await;
+            });
+        }
+    }
+
+    /// Bucket properties, defaults when unset.
+    pub async fn props(&self, bucket: &Bytes) -> Result<BucketProps, BackendError> {
+        let store = self.store.clone();
+        let bucket = bucket.clone();
+        tokio::task::spawn_blocking(move || store.bucket_props(&bucket))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?
+            .map(Option::unwrap_or_default)
+            .map_err(|e| BackendError::Internal(e.to_string()))
+    }
+
+    fn resolve(
+        q: Option<Quorum>,
+        name: &'static str,
+        n_val: u32,
+        bucket_default: Quorum,
+        cap: u32,
+    ) -> Result<u32, BackendError> {
+        let value = q
+            .unwrap_or(Quorum::Default)
+            .resolve(name, n_val, bucket_default)?;
+        Ok(value.min(cap))
+    }
+
+    /// Reads a key from its replicas.
+    pub async fn get(
+        self: &Arc<Self>,
+        req: http_api::GetRequest,
+    ) -> Result<Option<Object>, BackendError> {
+        let props = self.props(&req.bucket).await?;
+        let view = self.view();
+        let n = view.replicas(props.n_val);
+        let q = &req.quorums;
+        let r = Self::resolve(q.r, "r", props.n_val, props.r, n)?.max(1);
+        let pr = Self::resolve(q.pr, "pr", props.n_val, props.pr, n)?;
+        let notfound_ok = q.notfound_ok.unwrap_or(props.notfound_ok);
+        let basic_quorum = q.basic_quorum.unwrap_or(props.basic_quorum);
+        let partition = view.ring.partition_of(&req.bucket, &req.key);
+        let primaries: Vec<u128> = view
+            .ring
+            .preference_list(partition, n as usize)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let healthy: Vec<u128> = primaries
+            .iter()
+            .copied()
+            .filter(|&id| view.healthy(id))
+            .collect();
+        if (healthy.len() as u32) < pr {
+            return Err(quorum_error(pr, healthy.len() as u32, "pr"));
+        }
+        if (healthy.len() as u32) < r {
+            return Err(quorum_error(r, healthy.len() as u32, "r"));
+        }
+        let deadline = self.deadline(req.timeout);
+        let mut pending = self.fan_out(&view, &healthy, true, deadline, |_| Request::Get {
+            bucket: req.bucket.to_vec(),
+            key: req.key.to_vec(),
+        });
+        let total = healthy.len() as u32;
+        let mut answered: Vec<(u128, Option<Object>)> = Vec::new();
+        let (mut found, mut notfound, mut failed) = (0u32, 0u32, 0u32);
+        let majority = n / 2 + 1;
+        let outcome = loop {
+            let counted = found + if notfound_ok { notfound } else { 0 };
+            if counted >= r {
+                break Ok(());
+            }
+            if !notfound_ok && basic_quorum && notfound >= majority {
+                break Ok(());
+            }
+            let outstanding = total - found - notfound - failed;
+            // Without notfound_ok, "not found" replies never count, so the
+            // read can only still succeed through outstanding replies.
+            if counted + outstanding < r {
+                if found == 0 && !notfound_ok && notfound > 0 && outstanding == 0 {
+                    break Ok(()); // every replica answered: it is simply not there
+                }
+                break Err(quorum_error(r, found + notfound, "r"));
+            }
+            match tokio::time::timeout_at(deadline.into(), pending.next()).await {
+                Ok(Some(reply)) => match reply.result {
+                    Ok(Response::Object(Some(object))) => {
+                        found += 1;
+                        answered.push((reply.node, Some(object)));
+                    }
+                    Ok(Response::Object(None)) => {
+                        notfound += 1;
+                        answered.push((reply.node, None));
+                    }
+                    Ok(other) => {
+                        debug!(
+                            node = format_args!("{:032x}", reply.node),
+                            ?other,
+                            "unexpected reply to a read"
+                        );
+                        failed += 1;
+                    }
+                    Err(err) => {
+                        debug!(node = format_args!("{:032x}", reply.node), %err, "replica read failed");
+                        failed += 1;
+                    }
+                },
+                Ok(None) => break Err(quorum_error(r, found + notfound, "r")),
+                Err(_) => break Err(BackendError::Timeout),
+            }
+        };
+        outcome?;
+        let merged =
+            answered
+                .iter()
+                .filter_map(|(_, o)| o.as_ref())
+                .fold(None::<Object>, |acc, o| {
+                    Some(match acc {
+                        Some(acc) => acc.merge(o),
+                        None => o.clone(),
+                    })
+                });
+        if self.config.read_repair {
+            let this = self.clone();
+            let bucket = req.bucket.to_vec();
+            let key = req.key.to_vec();
+            let resolve_by_time = props.resolves_by_time();
+            tokio::spawn(async move {
+                this.read_repair(view, bucket, key, answered, pending, resolve_by_time)
+                    .await;
+            });
+        }
+        let mut merged = merged;
+        if props.resolves_by_time()
+            && let Some(object) = merged.as_mut()
+        {
+            object.resolve_last_write_wins();
+        }
+        Ok(merged)
+    }
+
+    /// Waits briefly for the remaining replies, then brings every replica
+    /// that answered up to the merge of all answers.
+    async fn read_repair(
+        self: Arc<Self>,
+        view: View,
+        bucket: Vec<u8>,
+        key: Vec<u8>,
+        mut answered: Vec<(u128, Option<Object>)>,
+        mut pending: FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>>,
+        resolve_by_time: bool,
+    ) {
+        let window = Instant::now() + self.config.read_repair_window;
+        while let Ok(Some(reply)) = tokio::time::timeout_at(window.into(), pending.next()).await {
+            if let Ok(Response::Object(object)) = reply.result {
+                answered.push((reply.node, object));
+            }
+        }
+        let Some(merged) =
+            answered
+                .iter()
+                .filter_map(|(_, o)| o.as_ref())
+                .fold(None::<Object>, |acc, o| {
+                    Some(match acc {
+                        Some(acc) => acc.merge(o),
+                        None => o.clone(),
+                    })
+                })
+        else {
+            return;
+        };
+        let stale: Vec<u128> = answered
+            .iter()
+            .filter(|(_, copy)| copy.as_ref() != Some(&merged))
+            .map(|(node, _)| *node)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        debug!(replicas = stale.len(), "read repair");
+        let deadline = Instant::now() + self.config.request_timeout;
+        let apply = Apply {
+            resolve_by_time,
+            sync: false,
+        };
+        let mut repairs = self.fan_out(&view, &stale, true, deadline, |_| Request::Merge {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            object: merged.clone(),
+            apply,
+        });
+        while let Some(reply) = repairs.next().await {
+            if let Err(err) = reply.result {
+                debug!(node = format_args!("{:032x}", reply.node), %err, "read repair failed");
+            }
+        }
+    }
+
+    /// Starts one request per node; replies arrive in completion order.
+    fn fan_out(
+        self: &Arc<Self>,
+        view: &View,
+        nodes: &[u128],
+        primary: bool,
+        deadline: Instant,
+        mut request: impl FnMut(u128) -> Request,
+    ) -> FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>> {
+        let pending = FuturesUnordered::new();
+        for &node in nodes {
+            let this = self.clone();
+            let addr = view.members.get(&node).map(|m| m.meta.addr);
+            let local = view.local;
+            let request = request(node);
+            pending.push(Box::pin(async move {
+                let result = this.call(local, node, addr, request, deadline).await;
+                Reply {
+                    node,
+                    primary,
+                    result,
+                }
+            })
+                as futures_util::future::BoxFuture<'static, Reply>);
+        }
+        pending
+    }
+
+    /// Writes `content` with `context` to the key's replicas.
+    pub async fn write(
+        self: &Arc<Self>,
+        bucket: Bytes,
+        key: Bytes,
+        context: Option<VersionVector>,
+        content: Content,
+        quorums: http_api::WriteQuorums,
+        timeout: Option<Duration>,
+    ) -> Result<Object, BackendError> {
+        let props = self.props(&bucket).await?;
+        let view = self.view();
+        let n = view.replicas(props.n_val);
+        let w = Self::resolve(quorums.w, "w", props.n_val, props.w, n)?.max(1);
+        let dw = Self::resolve(quorums.dw, "dw", props.n_val, props.dw, n)?;
+        let pw = Self::resolve(quorums.pw, "pw", props.n_val, props.pw, n)?;
+        if let Some(rw) = quorums.rw {
+            Self::resolve(Some(rw), "rw", props.n_val, props.rw, n)?;
+        }
+        let partition = view.ring.partition_of(&bucket, &key);
+        let primaries: Vec<u128> = view
+            .ring
+            .preference_list(partition, n as usize)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let healthy: Vec<u128> = primaries
+            .iter()
+            .copied()
+            .filter(|&id| view.healthy(id))
+            .collect();
+        if (healthy.len() as u32) < pw {
+            return Err(quorum_error(pw, healthy.len() as u32, "pw"));
+        }
+        // The replica that mints the dot: this node if it is a primary,
+        // else the first healthy primary.
+        let Some(&minter) = healthy
+            .iter()
+            .find(|&&id| id == view.local)
+            .or_else(|| healthy.first())
+        else {
+            return Err(BackendError::Unavailable(format!(
+                "none of the {n} primary replicas of this key is reachable; the write was not attempted"
+            )));
+        };
+        let deadline = self.deadline(timeout);
+        let apply = Apply {
+            resolve_by_time: props.resolves_by_time(),
+            sync: dw > 0,
+        };
+        // The minting replica always fsyncs before its copy travels: if it
+        // lost a write whose dot other replicas already hold, its next dot
+        // would appear to cover the lost one and merges would drop it.
+        let mint_apply = Apply {
+            sync: true,
+            ..apply
+        };
+        let addr = view.members.get(&minter).map(|m| m.meta.addr);
+        let put = Request::Put {
+            bucket: bucket.to_vec(),
+            key: key.to_vec(),
+            context: context.unwrap_or_default(),
+            content,
+            apply: mint_apply,
+        };
+        let minted = tokio::time::timeout_at(
+            deadline.into(),
+            self.call(view.local, minter, addr, put, deadline),
+        )
+        .await;
+        let (object, durable) = match minted {
+            Err(_) => return Err(BackendError::Timeout),
+            Ok(Err(err)) => {
+                return Err(BackendError::Unavailable(format!(
+                    "the coordinating replica failed ({err}); the write's outcome is indeterminate"
+                )));
+            }
+            Ok(Ok(Response::Written { object, durable })) => (object, durable),
+            Ok(Ok(Response::Error {
+                kind: ErrorKind::TooManySiblings,
+                message,
+            })) => {
+                return Err(too_many_siblings(&message));
+            }
+            Ok(Ok(Response::Error { kind, message })) => return Err(refusal(kind, message)),
+            Ok(Ok(other)) => {
+                return Err(BackendError::Internal(format!(
+                    "unexpected reply to a write: {other:?}"
+                )));
+            }
+        };
+        // Replicate to the other primaries; unreachable ones get a hint on
+        // the next healthy node past the preference list.
+        let mut fallbacks = view
+            .ring
+            .walk(partition)
+            .into_iter()
+            .filter(|id| !primaries.contains(id) && view.healthy(*id));
+        let mut targets: Vec<(u128, Option<u128>)> = Vec::new(); // (node, hint owner)
+        for &primary in primaries.iter().filter(|&&id| id != minter) {
+            if view.healthy(primary) {
+                targets.push((primary, None));
+            } else if let Some(fallback) = fallbacks.next() {
+                targets.push((fallback, Some(primary)));
+            } else {
+                debug!(
+                    owner = format_args!("{primary:032x}"),
+                    "no fallback for an unreachable primary"
+                );
+            }
+        }
+        let pending = FuturesUnordered::new();
+        for (node, owner) in targets {
+            let this = self.clone();
+            let addr = view.members.get(&node).map(|m| m.meta.addr);
+            let local = view.local;
+            let request = match owner {
+                None => Request::Merge {
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                    object: object.clone(),
+                    apply,
+                },
+                Some(owner) => Request::Hint {
+                    owner,
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                    object: object.clone(),
+                    apply,
+                },
+            };
+            pending.push(Box::pin(async move {
+                let result = this.call(local, node, addr, request, deadline).await;
+                Reply {
+                    node,
+                    primary: owner.is_none(),
+                    result,
+                }
+            })
+                as futures_util::future::BoxFuture<'static, Reply>);
+        }
+        let mut pending = pending;
+        let (mut acks, mut durable_acks, mut primary_acks) = (1u32, u32::from(durable), 1u32);
+        let mut outstanding = pending.len() as u32;
+        loop {
+            if acks >= w && durable_acks >= dw && primary_acks >= pw {
+                break;
+            }
+            if acks + outstanding < w {
+                return Err(quorum_error(w, acks, "w"));
+            }
+            if durable_acks + outstanding < dw {
+                return Err(quorum_error(dw, durable_acks, "dw"));
+            }
+            if primary_acks + outstanding < pw {
+                return Err(quorum_error(pw, primary_acks, "pw"));
+            }
+            match tokio::time::timeout_at(deadline.into(), pending.next()).await {
+                Ok(Some(reply)) => {
+                    outstanding -= 1;
+                    match reply.result {
+                        Ok(Response::Written { durable, .. }) => {
+                            acks += 1;
+                            durable_acks += u32::from(durable);
+                            primary_acks += u32::from(reply.primary);
+                        }
+                        Ok(other) => warn!(
+                            node = format_args!("{:032x}", reply.node),
+                            ?other,
+                            "replica refused a write"
+                        ),
+                        Err(err) => {
+                            debug!(node = format_args!("{:032x}", reply.node), %err, "replica write failed")
+                        }
+                    }
+                }
+                Ok(None) => return Err(quorum_error(w, acks, "w")),
+                Err(_) => {
+                    return Err(BackendError::QuorumNotMet {
+                        needed: w,
+                        replied: acks,
+                        what: "w (timed out)".to_owned(),
+                    });
+                }
+            }
+        }
+        // Let the remaining replicas finish in the background.
+        if outstanding > 0 {
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
+        }
+        Ok(object)
+    }
+
+    /// Sets (or resets) a bucket's properties here and on every healthy
+    /// member. Members that miss it are named in the error.
+    pub async fn set_props(
+        self: &Arc<Self>,
+        bucket: Bytes,
+        props: Option<BucketProps>,
+    ) -> Result<(), BackendError> {
+        let view = self.view();
+        let nodes: Vec<u128> = view
+            .members
+            .keys()
+            .copied()
+            .filter(|&id| view.healthy(id))
+            .collect();
+        let deadline = self.deadline(None);
+        let mut pending = self.fan_out(&view, &nodes, true, deadline, |_| Request::SetProps {
+            bucket: bucket.to_vec(),
+            props: props.clone(),
+        });
+        let mut missed = Vec::new();
+        while let Some(reply) = pending.next().await {
+            match reply.result {
+                Ok(Response::Done) => {}
+                Ok(Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    message,
+                }) if reply.node == view.local => {
+                    return Err(BackendError::BadRequest(message));
+                }
+                other => {
+                    warn!(
+                        node = format_args!("{:032x}", reply.node),
+                        ?other,
+                        "bucket properties not applied"
+                    );
+                    missed.push(view.name(reply.node));
+                }
+            }
+        }
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(format!(
+                "bucket properties were not applied on {}; retry the request",
+                missed.join(", ")
+            )))
+        }
+    }
+
+    /// The key's preference list as clients see it: each primary, or for an
+    /// unreachable one the fallback standing in for it.
+    pub fn preflist(&self, bucket: &[u8], key: &[u8], n_val: u32) -> Vec<http_api::PreflistEntry> {
+        let view = self.view();
+        let n = view.replicas(n_val);
+        let partition = view.ring.partition_of(bucket, key);
+        let primaries = view.ring.preference_list(partition, n as usize);
+        let ids: Vec<u128> = primaries.iter().map(|&(_, id)| id).collect();
+        let mut fallbacks = view
+            .ring
+            .walk(partition)
+            .into_iter()
+            .filter(|id| !ids.contains(id) && view.healthy(*id));
+        primaries
+            .into_iter()
+            .map(|(p, id)| {
+                if view.healthy(id) {
+                    http_api::PreflistEntry {
+                        partition: u64::from(p),
+                        node: view.name(id),
+                        primary: true,
+                    }
+                } else {
+                    let node = fallbacks.next().map_or_else(
+                        || format!("{} (down, no fallback)", view.name(id)),
+                        |f| view.name(f),
+                    );
+                    http_api::PreflistEntry {
+                        partition: u64::from(p),
+                        node,
+                        primary: false,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Lists keys (or buckets) across every healthy member.
+    pub async fn list(
+        self: &Arc<Self>,
+        bucket: Option<Bytes>,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let view = self.view();
+        let nodes: Vec<u128> = view
+            .ring
+            .members()
+            .iter()
+            .map(|m| m.id)
+            .filter(|&id| view.healthy(id))
+            .collect();
+        let deadline = self.deadline(None);
+        let mut pending = self.fan_out(&view, &nodes, true, deadline, |_| Request::List {
+            bucket: bucket.as_ref().map(|b| b.to_vec()),
+        });
+        let mut names: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+        while let Some(reply) = pending.next().await {
+            match reply.result {
+                Ok(Response::Names(found)) => names.extend(found),
+                Ok(other) => warn!(?other, "unexpected reply to a listing"),
+                Err(err) => {
+                    return Err(BackendError::Unavailable(format!(
+                        "a node did not answer the listing: {err}"
+                    )));
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+}
+
+fn too_many_siblings(message: &str) -> BackendError {
+    // "... N siblings ... limit M": pull the two numbers out for the client.
+    let numbers: Vec<u64> = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [count, max, ..] => BackendError::TooManySiblings {
+            count: *count,
+            max: *max,
+        },
+        _ => BackendError::Unavailable(message.to_owned()),
+    }
+}

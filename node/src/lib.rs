@@ -1,0 +1,20 @@
+//! The Starling node: configuration, the glue between the HTTP API and the
+//! store, and process life-cycle (start, signals, graceful shutdown).
+//!
+//! Boundary: this crate owns I/O and wiring. Storage semantics live in
+//! `storage`, the HTTP surface in `http-api`; the node decides where requests
+//! go and how long they may take.
+
+pub mod admin;
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod coordinator;
+pub mod dev;
+pub mod handoff;
+pub mod logging;
+pub mod ring;
+pub mod rpc;
+pub mod server;
+pub mod tls;
+pub mod transport;

@@ -1,0 +1,229 @@
+//! Replica RPC messages: what one node asks another about keys it holds.
+//!
+//! Every request travels on a QUIC stream of its own (see
+//! [`crate::transport`]), postcard-encoded inside an [`Envelope`] with a
+//! format version, a request id (for logs) and the time budget the caller
+//! has left, so a replica never works on a request its caller gave up on.
+//! Decoding untrusted bytes returns an error, never panics; objects from
+//! peers are checked with `Object::is_well_formed` before use.
+
+use serde::{Deserialize, Serialize};
+use storage::{BucketProps, Content, Object, VersionVector};
+
+/// Format version of the envelope; a peer speaking another is refused.
+pub const RPC_FORMAT: u8 = 1;
+
+/// Wraps every request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`RPC_FORMAT`].
+    pub format: u8,
+    /// Chosen by the caller; appears in both sides' logs.
+    pub request_id: u64,
+    /// Milliseconds the caller will still wait for the answer.
+    pub budget_ms: u32,
+    /// The request itself.
+    pub request: Request,
+}
+
+/// Write options a replica applies.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Apply {
+    /// Collapse siblings by time (`allow_mult=false` / `last_write_wins`).
+    pub resolve_by_time: bool,
+    /// Fsync before answering even if the sync policy would not.
+    pub sync: bool,
+}
+
+/// What a node can ask a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Read the local copy of a key.
+    Get {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Coordinate a client write at this replica: mint a dot against the
+    /// local copy and store the result. Only sent to a primary replica.
+    Put {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// The client's causal context.
+        context: VersionVector,
+        /// What to store.
+        content: Content,
+        /// Options.
+        apply: Apply,
+    },
+    /// Merge another replica's copy into the local one (replication, read
+    /// repair, hand-off).
+    Merge {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// The copy.
+        object: Object,
+        /// Options.
+        apply: Apply,
+    },
+    /// Keep a copy for `owner`, a primary that cannot be reached now, and
+    /// hand it to it later.
+    Hint {
+        /// The node the copy belongs to.
+        owner: u128,
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// The copy.
+        object: Object,
+        /// Options.
+        apply: Apply,
+    },
+    /// Set (or with `None`, reset) a bucket's properties on this node.
+    SetProps {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// The new properties, or `None` for the defaults.
+        props: Option<BucketProps>,
+    },
+    /// List the keys of `bucket` this node holds (or the buckets, if
+    /// `bucket` is `None`).
+    List {
+        /// Bucket to list, or `None` for the bucket names.
+        bucket: Option<Vec<u8>>,
+    },
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The local copy, if any.
+    Object(Option<Object>),
+    /// The copy after a write, and whether it was fsynced.
+    Written {
+        /// The stored copy.
+        object: Object,
+        /// Fsynced before answering.
+        durable: bool,
+    },
+    /// Key or bucket names.
+    Names(Vec<Vec<u8>>),
+    /// Done.
+    Done,
+    /// The replica could not do it.
+    Error {
+        /// What kind of failure, for the coordinator's mapping.
+        kind: ErrorKind,
+        /// For logs and clients.
+        message: String,
+    },
+}
+
+/// Why a replica refused.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was malformed or invalid.
+    BadRequest,
+    /// The object would exceed a size limit.
+    TooLarge,
+    /// The object would exceed the sibling limit.
+    TooManySiblings,
+    /// The replica cannot write now (failed fsync, full disk, full hint
+    /// store).
+    Unavailable,
+    /// Anything else.
+    Internal,
+}
+
+/// Why bytes from a peer were refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not a postcard encoding of the expected type.
+    #[error("malformed RPC message: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// A format this node does not speak.
+    #[error("unknown RPC format {0}")]
+    Format(u8),
+    /// An object that breaks the dvv invariants.
+    #[error("RPC message carries a malformed object")]
+    BadObject,
+}
+
+/// Encodes a value for the wire.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding into memory cannot fail")
+}
+
+/// Decodes and checks an envelope from a peer.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let envelope: Envelope = postcard::from_bytes(bytes)?;
+    if envelope.format != RPC_FORMAT {
+        return Err(DecodeError::Format(envelope.format));
+    }
+    let well_formed = match &envelope.request {
+        Request::Merge { object, .. } | Request::Hint { object, .. } => object.is_well_formed(),
+        _ => true,
+    };
+    if !well_formed {
+        return Err(DecodeError::BadObject);
+    }
+    Ok(envelope)
+}
+
+/// Decodes and checks a response from a peer.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
+    let response: Response = postcard::from_bytes(bytes)?;
+    let well_formed = match &response {
+        Response::Object(Some(object)) | Response::Written { object, .. } => {
+            object.is_well_formed()
+        }
+        _ => true,
+    };
+    if !well_formed {
+        return Err(DecodeError::BadObject);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn garbage_is_an_error_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_envelope(&bytes);
+            let _ = decode_response(&bytes);
+        }
+    }
+
+    #[test]
+    fn round_trip_and_unknown_format() {
+        let envelope = Envelope {
+            format: RPC_FORMAT,
+            request_id: 7,
+            budget_ms: 100,
+            request: Request::Get {
+                bucket: b"b".to_vec(),
+                key: b"k".to_vec(),
+            },
+        };
+        let bytes = encode(&envelope);
+        assert_eq!(decode_envelope(&bytes).unwrap().request_id, 7);
+        let mut other = envelope;
+        other.format = 9;
+        assert!(matches!(
+            decode_envelope(&encode(&other)),
+            Err(DecodeError::Format(9))
+        ));
+    }
+}

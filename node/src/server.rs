@@ -1,0 +1,266 @@
+//! Node life-cycle: open the store, serve HTTP, shut down gracefully.
+//!
+//! Shutdown order matters for durability: stop accepting connections, let
+//! in-flight requests finish (bounded by the drain timeout), then close the
+//! store, which flushes and fsyncs. A write acknowledged before shutdown was
+//! already durable (sync = always); one in flight is either finished and
+//! acknowledged or never acknowledged.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use storage::{ContextKey, Store, StoreConfig};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use std::time::Duration;
+
+use membership::NodeId;
+
+use crate::backend::NodeBackend;
+use crate::cluster::{Cluster, ClusterConfig, RpcRequest};
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::handoff::{self, HandoffStats};
+use crate::tls::ClusterTls;
+use crate::transport::{Transport, TransportConfig};
+
+/// Name of the file that holds a node's own cluster secret when none is
+/// configured.
+const SECRET_FILE: &str = "cluster_secret";
+
+/// A node running in this process.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The address the HTTP API is bound to.
+    pub http_addr: SocketAddr,
+    cluster: Cluster,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningNode {
+    /// Shuts the node down gracefully and waits until its store is closed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await.context("node task panicked")?
+    }
+
+    /// Members this node sees alive, itself included.
+    pub fn alive_members(&self) -> usize {
+        self.cluster
+            .members()
+            .iter()
+            .filter(|m| m.state == membership::MemberState::Alive)
+            .count()
+    }
+
+    /// Waits until the node stops by itself (it only does on error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("node task panicked")?
+    }
+}
+
+/// Opens the store and starts serving; returns once the node accepts requests.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let secret = match &config.cluster_secret {
+        Some(secret) => secret.clone(),
+        None => own_secret(&config.data_dir)?,
+    };
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.join("store"),
+        sync: config.sync,
+        limits: config.limits.clone(),
+        node_id: None,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .context("store open panicked")?
+        .context("opening the store")?;
+    let identity = store.identity();
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let (cluster, rpcs) = start_cluster(&config, &secret, identity.node_id, http_addr).await?;
+    let coordinator = Arc::new(Coordinator::new(
+        Arc::new(store),
+        cluster.clone(),
+        config.replication.clone(),
+    ));
+    tokio::spawn(coordinator.clone().serve_rpcs(rpcs));
+    let handoff_stats = Arc::new(HandoffStats::default());
+    tokio::spawn(handoff::run(
+        coordinator.clone(),
+        config.handoff.clone(),
+        handoff_stats.clone(),
+    ));
+    let backend = Arc::new(NodeBackend::new(
+        coordinator,
+        ContextKey::derive(secret.as_bytes()),
+        config.node_name.clone(),
+        handoff_stats,
+    ));
+    info!(
+        node = %config.node_name,
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        node_id = format_args!("{:016x}", identity.node_id),
+        epoch = format_args!("{:x}", identity.epoch),
+        sync = ?config.sync,
+        "starling node started"
+    );
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let drain = config.shutdown_drain;
+    let node_cluster = cluster.clone();
+    let task = tokio::spawn(async move {
+        let serve_config = http_api::ServeConfig {
+            drain_timeout: drain,
+            ..Default::default()
+        };
+        // The leave starts with the drain, so peers route around this node
+        // while it finishes what it has in flight.
+        let (leave_tx, leave_rx) = oneshot::channel::<tokio::task::JoinHandle<()>>();
+        let leaving_cluster = cluster.clone();
+        let served = http_api::serve(listener, backend.clone(), serve_config, async move {
+            let _ = shutdown_rx.await;
+            info!("shutting down: leaving the cluster and draining requests");
+            let leave = tokio::spawn(async move { leaving_cluster.leave().await });
+            let _ = leave_tx.send(leave);
+        })
+        .await;
+        info!("HTTP server stopped");
+        if let Ok(leave) = leave_rx.await {
+            let _ = leave.await;
+            info!("left the cluster");
+        }
+        backend.close().await;
+        info!("store closed");
+        served.context("HTTP server failed")
+    });
+    Ok(RunningNode {
+        http_addr,
+        cluster: node_cluster,
+        shutdown,
+        task,
+    })
+}
+
+/// Binds the cluster endpoint and starts membership.
+async fn start_cluster(
+    config: &Config,
+    secret: &str,
+    node_id: u64,
+    http_addr: SocketAddr,
+) -> anyhow::Result<(Cluster, tokio::sync::mpsc::Receiver<RpcRequest>)> {
+    let tls = ClusterTls::from_secret(&config.cluster_name, secret)?;
+    let swim = membership::Config::default();
+    let transport_config = TransportConfig {
+        listen: config.cluster_listen,
+        connect_timeout: swim.probe_timeout,
+        idle_timeout: Duration::from_secs(10),
+    };
+    let (transport, inbound) = Transport::bind(&transport_config, &tls)
+        .with_context(|| format!("binding the cluster endpoint on {}", config.cluster_listen))?;
+    let bound = transport.local_addr()?;
+    let advertise = resolve_one(&config.cluster_advertise, bound.port()).await?;
+    let http_advertise = if config.http_advertise.ends_with(":0") {
+        http_addr.to_string()
+    } else {
+        config.http_advertise.clone()
+    };
+    let cluster_config = ClusterConfig {
+        cluster_name: config.cluster_name.clone(),
+        advertise,
+        http_addr: http_advertise,
+        zone: config.zone.clone(),
+        seeds: config.join.clone(),
+        swim,
+    };
+    info!(cluster = %config.cluster_name, listen = %bound, %advertise, seeds = ?config.join, "cluster endpoint up");
+    Cluster::start(
+        cluster_config,
+        NodeId(u128::from(node_id)),
+        transport,
+        inbound,
+    )
+}
+
+/// Resolves `host:port` to one address; port 0 means "the bound port".
+async fn resolve_one(addr: &str, bound_port: u16) -> anyhow::Result<SocketAddr> {
+    let mut found = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving cluster_advertise {addr}"))?;
+    let mut resolved = found
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))?;
+    if resolved.port() == 0 {
+        resolved.set_port(bound_port);
+    }
+    Ok(resolved)
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut node = start(config).await?;
+    tokio::select! {
+        () = shutdown => {
+            info!("shutdown requested; finishing in-flight requests");
+            node.stop().await
+        }
+        result = node.wait() => result,
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads the secret kept in `data_dir`, creating it first.
+pub fn own_secret(data_dir: &Path) -> anyhow::Result<String> {
+    use rand::distr::{Alphanumeric, SampleString};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => return Ok(secret.trim().to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    warn!(
+        path = %path.display(),
+        "no cluster_secret configured: created a secret for this node alone; \
+         set cluster_secret to the same value on every node of a cluster"
+    );
+    Ok(secret)
+}

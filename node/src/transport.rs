@@ -1,0 +1,330 @@
+//! Cluster transport: one QUIC endpoint (one UDP port) per node.
+//!
+//! Two kinds of traffic share it. Unreliable, small messages (SWIM probes and
+//! their piggy-backed updates) travel as QUIC datagrams. Everything that must
+//! arrive whole (push-pull state sync, replica RPCs, hints, Merkle exchange)
+//! is a request/response on a bidirectional stream of its own, so one slow
+//! request never blocks another.
+//!
+//! Connections are made on demand, one cached per peer address, and
+//! re-made when they close; connecting is bounded by a timeout so a dead peer
+//! costs a bounded wait. Both directions are authenticated by mutual TLS
+//! (see [`crate::tls`]).
+//!
+//! Boundary: the transport moves bytes. It does not decode them; what arrives
+//! goes to the node through a bounded channel of [`Inbound`] values, and when
+//! that channel is full, datagrams are dropped (SWIM tolerates loss) and
+//! requests are refused by closing their stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::tls::{ClusterTls, SERVER_NAME};
+
+/// Largest request or response body on a stream.
+pub const MESSAGE_SIZE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Inbound messages queued for the node before new ones are refused.
+const INBOUND_QUEUE_MAX: usize = 4096;
+
+/// Why a send or request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No connection could be made within the connect timeout.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    /// The handshake failed (wrong cluster secret or name, or not a node).
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection broke while sending or receiving.
+    #[error("connection to {addr} failed: {reason}")]
+    Connection {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The datagram is larger than the path allows, or the peer takes none.
+    #[error("datagram of {size_bytes} bytes does not fit (max {max_bytes:?})")]
+    DatagramTooLarge {
+        /// Size of the datagram.
+        size_bytes: usize,
+        /// What the connection allows.
+        max_bytes: Option<usize>,
+    },
+    /// The peer did not answer within the deadline.
+    #[error("request to {0} timed out")]
+    Timeout(SocketAddr),
+    /// The answer was larger than [`MESSAGE_SIZE_BYTES_MAX`].
+    #[error("response from {0} is too large")]
+    ResponseTooLarge(SocketAddr),
+}
+
+/// Something a peer sent.
+#[derive(Debug)]
+pub enum Inbound {
+    /// An unreliable message (SWIM).
+    Datagram {
+        /// Where it came from.
+        from: SocketAddr,
+        /// Its bytes, undecoded.
+        bytes: Bytes,
+    },
+    /// A request that wants an answer.
+    Request {
+        /// Where it came from.
+        from: SocketAddr,
+        /// Its bytes, undecoded.
+        bytes: Bytes,
+        /// Sends the answer.
+        reply: Responder,
+    },
+}
+
+/// The answering half of a request stream.
+#[derive(Debug)]
+pub struct Responder {
+    send: quinn::SendStream,
+}
+
+impl Responder {
+    /// Sends `bytes` as the whole answer.
+    pub async fn send(mut self, bytes: &[u8]) {
+        if let Err(err) = self.send.write_all(bytes).await {
+            debug!(%err, "could not send a response");
+            return;
+        }
+        let _ = self.send.finish();
+        // Wait until the peer has the bytes (or gave up) before dropping the
+        // stream, so the answer is not cut short.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.send.stopped()).await;
+    }
+}
+
+/// Settings of the transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// The UDP address to bind.
+    pub listen: SocketAddr,
+    /// Bound on making a connection (the SWIM probe timeout is a good value:
+    /// a peer that cannot be reached within it is not answering anyway).
+    pub connect_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// The node's cluster endpoint.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    connect_timeout: Duration,
+    /// One slot per peer; the async mutex makes concurrent senders share one
+    /// connection attempt.
+    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+fn transport_config(idle_timeout: Duration) -> anyhow::Result<Arc<quinn::TransportConfig>> {
+    let mut config = quinn::TransportConfig::default();
+    config.max_idle_timeout(Some(idle_timeout.try_into()?));
+    // Keep cached connections alive while the peer is, so a probe does not
+    // pay for a handshake.
+    config.keep_alive_interval(Some(idle_timeout / 3));
+    config.max_concurrent_bidi_streams(1024u32.into());
+    config.max_concurrent_uni_streams(0u32.into());
+    config.datagram_receive_buffer_size(Some(1024 * 1024));
+    Ok(Arc::new(config))
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting connections.
+    pub fn bind(
+        config: &TransportConfig,
+        tls: &ClusterTls,
+    ) -> anyhow::Result<(Transport, mpsc::Receiver<Inbound>)> {
+        let transport = transport_config(config.idle_timeout)?;
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server.clone())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport.clone());
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport);
+        let endpoint = quinn::Endpoint::server(server, config.listen)?;
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+        let inner = Arc::new(Inner {
+            endpoint,
+            client,
+            connect_timeout: config.connect_timeout,
+            peers: Mutex::new(HashMap::new()),
+            inbound: tx,
+        });
+        tokio::spawn(accept_loop(inner.clone()));
+        Ok((Transport { inner }, rx))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Sends an unreliable datagram.
+    pub async fn send_datagram(&self, to: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
+        let connection = self.connection(to).await?;
+        let max_bytes = connection.max_datagram_size();
+        if max_bytes.is_none_or(|max| bytes.len() > max) {
+            return Err(TransportError::DatagramTooLarge {
+                size_bytes: bytes.len(),
+                max_bytes,
+            });
+        }
+        connection
+            .send_datagram(bytes)
+            .map_err(|err| TransportError::Connection {
+                addr: to,
+                reason: err.to_string(),
+            })
+    }
+
+    /// The largest datagram a connection to `to` takes now, connecting first.
+    pub async fn max_datagram_size(&self, to: SocketAddr) -> Result<Option<usize>, TransportError> {
+        Ok(self.connection(to).await?.max_datagram_size())
+    }
+
+    /// Sends a request on a stream of its own and waits for the answer.
+    pub async fn request(
+        &self,
+        to: SocketAddr,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let exchange = async {
+            let connection = self.connection(to).await?;
+            let broken = |err: &dyn std::fmt::Display| TransportError::Connection {
+                addr: to,
+                reason: err.to_string(),
+            };
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| broken(&e))?;
+            send.write_all(bytes).await.map_err(|e| broken(&e))?;
+            send.finish().map_err(|e| broken(&e))?;
+            match recv.read_to_end(MESSAGE_SIZE_BYTES_MAX).await {
+                Ok(answer) => Ok(Bytes::from(answer)),
+                Err(quinn::ReadToEndError::TooLong) => Err(TransportError::ResponseTooLarge(to)),
+                Err(err) => Err(broken(&err)),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout(to))?
+    }
+
+    /// Closes every connection and the endpoint.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+
+    /// A live connection to `to`, cached or new.
+    async fn connection(&self, to: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let slot = self.inner.peers.lock().entry(to).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client.clone(), to, SERVER_NAME)
+            .map_err(|err| TransportError::Connect {
+                addr: to,
+                reason: err.to_string(),
+            })?;
+        let connection = tokio::time::timeout(self.inner.connect_timeout, connecting)
+            .await
+            .map_err(|_| TransportError::ConnectTimeout(to))?
+            .map_err(|err| TransportError::Connect {
+                addr: to,
+                reason: err.to_string(),
+            })?;
+        tokio::spawn(serve_connection(self.inner.clone(), connection.clone()));
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let from = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => serve_connection(inner, connection).await,
+                // A peer without the cluster's credentials ends here.
+                Err(err) => warn!(%from, %err, "refused a cluster connection"),
+            }
+        });
+    }
+}
+
+/// Reads datagrams and request streams from one connection until it closes.
+async fn serve_connection(inner: Arc<Inner>, connection: quinn::Connection) {
+    let from = connection.remote_address();
+    let datagrams = {
+        let inner = inner.clone();
+        let connection = connection.clone();
+        async move {
+            while let Ok(bytes) = connection.read_datagram().await {
+                if inner
+                    .inbound
+                    .try_send(Inbound::Datagram { from, bytes })
+                    .is_err()
+                {
+                    debug!(%from, "inbound queue full; dropped a datagram");
+                }
+            }
+        }
+    };
+    let streams = async {
+        while let Ok((send, mut recv)) = connection.accept_bi().await {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let bytes = match recv.read_to_end(MESSAGE_SIZE_BYTES_MAX).await {
+                    Ok(bytes) => Bytes::from(bytes),
+                    Err(err) => {
+                        debug!(%from, %err, "bad request stream");
+                        return;
+                    }
+                };
+                let request = Inbound::Request {
+                    from,
+                    bytes,
+                    reply: Responder { send },
+                };
+                if let Err(err) = inner.inbound.try_send(request) {
+                    debug!(%from, "inbound queue full; refused a request");
+                    drop(err);
+                }
+            });
+        }
+    };
+    tokio::join!(datagrams, streams);
+}

@@ -1,0 +1,237 @@
+//! Support for tests that run real `starling` processes on loopback.
+//!
+//! Every wait here polls a condition against a deadline; nothing sleeps and
+//! hopes.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A cluster secret the tests share, long enough to pass validation.
+pub const TEST_SECRET: &str = "starling-test-secret-0123456789";
+
+/// Picks a free TCP port on loopback. The port is released before the node
+/// binds it, so another process could take it in between; on a test machine
+/// the kernel hands ports out in sequence, which makes that rare.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP agent that reports 4xx/5xx as responses, not errors.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // A 300 is Riak's sibling answer, not a redirect to follow.
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+/// Picks a free UDP port on loopback (same caveat as [`free_port`]).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `starling start` process.
+pub struct NodeProcess {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub cluster: SocketAddr,
+    secret: String,
+    log_path: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts a node with its data in `data_dir` and waits until it answers.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_with_secret(data_dir, TEST_SECRET, extra_args)
+    }
+
+    /// Starts a node with its own cluster secret.
+    pub fn start_with_secret(data_dir: &Path, secret: &str, extra_args: &[&str]) -> NodeProcess {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cluster = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let mut node = NodeProcess {
+            data_dir: data_dir.to_owned(),
+            http,
+            cluster,
+            secret: secret.to_owned(),
+            log_path: data_dir.with_extension("log"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("start")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-listen")
+            .arg(self.http.to_string())
+            .arg("--cluster-listen")
+            .arg(self.cluster.to_string())
+            .arg("--cluster-secret")
+            .arg(&self.secret)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = self.url("/ping");
+        let agent = agent();
+        let log_path = self.log_path.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_until("the node to answer /ping", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "starling exited with {status} while starting; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            agent.get(&url).call().is_ok_and(|r| r.status() == 200)
+        });
+    }
+
+    /// The URL of `path` on this node.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("node is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_term();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_term(&self) {
+        let child = self.child.as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "node ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The members this node reports, as (http address, state, incarnation).
+    pub fn members(&self) -> Vec<(String, String, u64)> {
+        let Ok(mut r) = agent().get(&self.url("/admin/members")).call() else {
+            return Vec::new();
+        };
+        let Ok(body) = r.body_mut().read_to_string() else {
+            return Vec::new();
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return Vec::new();
+        };
+        value["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            m["http_addr"].as_str().unwrap_or("").to_owned(),
+                            m["state"].as_str().unwrap_or("").to_owned(),
+                            m["incarnation"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The state this node reports for the node whose HTTP address is `http`.
+    pub fn state_of(&self, http: SocketAddr) -> Option<(String, u64)> {
+        let http = http.to_string();
+        self.members()
+            .into_iter()
+            .find(|(h, _, _)| *h == http)
+            .map(|(_, s, i)| (s, i))
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Membership with real processes on loopback: forming a cluster from one
+//! seed, detecting a crash, a restart and a graceful leave, and keeping
+//! outsiders out. Every wait polls `/admin/members` against a deadline and
+//! reports how long it took.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NodeProcess, wait_until};
+
+/// Waits until every node in `observers` reports `target` in `state`;
+/// returns how long that took.
+fn all_see(
+    observers: &[&NodeProcess],
+    target: &NodeProcess,
+    state: &str,
+    deadline: Duration,
+) -> Duration {
+    let start = Instant::now();
+    wait_until(
+        &format!("all nodes to see {} {state}", target.http),
+        deadline,
+        || {
+            observers
+                .iter()
+                .all(|o| o.state_of(target.http).is_some_and(|(s, _)| s == state))
+        },
+    );
+    start.elapsed()
+}
+
+#[test]
+fn five_nodes_form_detect_a_crash_a_restart_and_a_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = NodeProcess::start(&dir.path().join("n0"), &[]);
+    let join = seed.cluster.to_string();
+    let formed_from = Instant::now();
+    let mut nodes = vec![seed];
+    for i in 1..5 {
+        nodes.push(NodeProcess::start(
+            &dir.path().join(format!("n{i}")),
+            &["--join", &join],
+        ));
+    }
+    wait_until(
+        "5 nodes to see 5 alive members",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.members().iter().filter(|(_, s, _)| s == "alive").count() == 5)
+        },
+    );
+    eprintln!(
+        "5 nodes formed one cluster {:?} after the last start",
+        formed_from.elapsed()
+    );
+
+    // SIGKILL one: every other marks it dead. The simulator's p99 for
+    // detection at this config is well under 10 s; 1.5x that is the bound.
+    let before = nodes[3].state_of(nodes[3].http).unwrap().1;
+    nodes[3].kill();
+    let observers: Vec<&NodeProcess> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, n)| n)
+        .collect();
+    let detected = all_see(&observers, &nodes[3], "dead", Duration::from_secs(15));
+    eprintln!("SIGKILL detected as dead by all 4 others in {detected:?}");
+
+    // Restart it: alive again everywhere with a higher incarnation.
+    let restarted_at = Instant::now();
+    nodes[3].restart();
+    let target = nodes[3].http;
+    wait_until(
+        "the restarted node alive with a higher incarnation",
+        Duration::from_secs(5),
+        || {
+            nodes.iter().all(|o| {
+                o.state_of(target)
+                    .is_some_and(|(s, inc)| s == "alive" && inc > before)
+            })
+        },
+    );
+    eprintln!(
+        "restarted node alive again everywhere in {:?}",
+        restarted_at.elapsed()
+    );
+
+    // SIGTERM one: its leave reaches everyone within 2 s.
+    nodes[1].send_term();
+    let observers: Vec<&NodeProcess> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, n)| n)
+        .collect();
+    let seen = all_see(&observers, &nodes[1], "left", Duration::from_secs(2));
+    eprintln!("graceful leave seen by all {seen:?} after SIGTERM");
+    drop(observers);
+    assert!(nodes[1].wait_exit().success());
+}
+
+#[test]
+fn a_node_with_the_wrong_secret_or_cluster_name_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = NodeProcess::start(&dir.path().join("seed"), &[]);
+    let join = seed.cluster.to_string();
+    let wrong_secret = NodeProcess::start_with_secret(
+        &dir.path().join("bad1"),
+        "not-the-cluster-secret-at-all",
+        &["--join", &join],
+    );
+    let wrong_name = NodeProcess::start(
+        &dir.path().join("bad2"),
+        &["--join", &join, "--cluster-name", "other"],
+    );
+    // Wait until the seed has refused both handshakes (its log says so),
+    // then check that nobody let anyone in.
+    wait_until(
+        "the seed to refuse two handshakes",
+        Duration::from_secs(20),
+        || seed.log().matches("refused a cluster connection").count() >= 2,
+    );
+    for node in [&seed, &wrong_secret, &wrong_name] {
+        let members = node.members();
+        assert_eq!(members.len(), 1, "{} sees {members:?}", node.http);
+    }
+}
