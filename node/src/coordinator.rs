@@ -619,7 +619,10 @@ impl Coordinator {
         let view = self.view();
         let n = view.replicas(props.n_val);
         let w = Self::resolve(quorums.w, "w", props.n_val, props.w, n)?.max(1);
-        let dw = Self::resolve(quorums.dw, "dw", props.n_val, props.dw, n)?;
+        // DW counts durable acknowledgements among the W: it never asks for
+        // more than W (so `w=1` with the default `dw=quorum` means one
+        // durable acknowledgement).
+        let dw = Self::resolve(quorums.dw, "dw", props.n_val, props.dw, n)?.min(w);
         let pw = Self::resolve(quorums.pw, "pw", props.n_val, props.pw, n)?;
         if let Some(rw) = quorums.rw {
             Self::resolve(Some(rw), "rw", props.n_val, props.rw, n)?;
@@ -696,8 +699,12 @@ impl Coordinator {
                 )));
             }
         };
-        // Replicate to the other primaries; unreachable ones get a hint on
-        // the next healthy node past the preference list.
+        // Replicate to the other primaries. An unreachable one gets a hint on
+        // the next healthy node past the preference list (which counts as an
+        // acknowledgement, not as a primary); when the ring has no such node
+        // (three nodes, N=3), the minting replica keeps the hint itself. It
+        // already holds the data, so that hint adds no acknowledgement: it
+        // only makes sure the owner gets the write when it is back.
         let mut fallbacks = view
             .ring
             .walk(partition)
@@ -710,10 +717,26 @@ impl Coordinator {
             } else if let Some(fallback) = fallbacks.next() {
                 targets.push((fallback, Some(primary)));
             } else {
-                debug!(
-                    owner = format_args!("{primary:032x}"),
-                    "no fallback for an unreachable primary"
-                );
+                let this = self.clone();
+                let addr = view.members.get(&minter).map(|m| m.meta.addr);
+                let local = view.local;
+                let hint = Request::Hint {
+                    owner: primary,
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                    object: object.clone(),
+                    apply,
+                };
+                tokio::spawn(async move {
+                    match this.call(local, minter, addr, hint, deadline).await {
+                        Ok(Response::Written { .. }) => {}
+                        other => warn!(
+                            owner = format_args!("{primary:032x}"),
+                            ?other,
+                            "could not keep a hint for an unreachable primary"
+                        ),
+                    }
+                });
             }
         }
         let pending = FuturesUnordered::new();

@@ -235,3 +235,117 @@ impl Drop for NodeProcess {
         }
     }
 }
+
+/// Starts `count` nodes in `dir`, the first as the seed, and waits until
+/// every node sees all of them alive.
+pub fn cluster(dir: &Path, count: usize, extra_args: &[&str]) -> Vec<NodeProcess> {
+    let seed = NodeProcess::start(&dir.join("n0"), extra_args);
+    let join = seed.cluster.to_string();
+    let mut nodes = vec![seed];
+    for i in 1..count {
+        let mut args: Vec<&str> = vec!["--join", &join];
+        args.extend_from_slice(extra_args);
+        nodes.push(NodeProcess::start(&dir.join(format!("n{i}")), &args));
+    }
+    wait_until(
+        "every node to see the whole cluster alive",
+        Duration::from_secs(15),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.members().iter().filter(|(_, s, _)| s == "alive").count() == count)
+        },
+    );
+    nodes
+}
+
+impl NodeProcess {
+    /// This node's own replica of a key: the values of its siblings, or
+    /// `None` if it holds none.
+    pub fn local_values(&self, bucket: &str, key: &str) -> Option<Vec<String>> {
+        let url = self.url(&format!("/admin/local?bucket={bucket}&key={key}"));
+        let mut r = agent().get(&url).call().ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        Some(
+            value["siblings"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["deleted"] != serde_json::Value::Bool(true))
+                .map(|s| s["value"].as_str().unwrap_or("").to_owned())
+                .collect(),
+        )
+    }
+
+    /// Hints this node holds.
+    pub fn hints_pending(&self) -> Option<u64> {
+        let mut r = agent().get(&self.url("/admin/hints")).call().ok()?;
+        let value: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        value["pending"].as_u64()
+    }
+
+    /// PUTs `value` (text/plain) to `bucket`/`key` with optional query
+    /// string; returns status and body.
+    pub fn put(&self, bucket: &str, key: &str, query: &str, value: &str) -> (u16, String) {
+        let url = self.url(&format!("/buckets/{bucket}/keys/{key}{query}"));
+        match agent()
+            .put(&url)
+            .header("Content-Type", "text/plain")
+            .send(value)
+        {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(err) => (0, err.to_string()),
+        }
+    }
+
+    /// The causal context of `bucket`/`key` as this node reads it now.
+    pub fn context(&self, bucket: &str, key: &str) -> Option<String> {
+        let url = self.url(&format!("/buckets/{bucket}/keys/{key}"));
+        let r = agent().get(&url).call().ok()?;
+        Some(r.headers().get("x-riak-vclock")?.to_str().ok()?.to_owned())
+    }
+
+    /// PUTs `value` with a causal context; returns status and body.
+    pub fn put_with_context(
+        &self,
+        bucket: &str,
+        key: &str,
+        query: &str,
+        context: &str,
+        value: &str,
+    ) -> (u16, String) {
+        let url = self.url(&format!("/buckets/{bucket}/keys/{key}{query}"));
+        match agent()
+            .put(&url)
+            .header("Content-Type", "text/plain")
+            .header("X-Riak-Vclock", context)
+            .send(value)
+        {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(err) => (0, err.to_string()),
+        }
+    }
+
+    /// GETs `bucket`/`key` (all siblings as multipart); returns status and
+    /// body.
+    pub fn get(&self, bucket: &str, key: &str, query: &str) -> (u16, String) {
+        let url = self.url(&format!("/buckets/{bucket}/keys/{key}{query}"));
+        match agent().get(&url).header("Accept", "multipart/mixed").call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(err) => (0, err.to_string()),
+        }
+    }
+}
