@@ -100,6 +100,12 @@ pub struct Responder {
 }
 
 impl Responder {
+    /// Refuses the request: the peer's read fails instead of seeing an
+    /// empty answer.
+    pub fn refuse(mut self) {
+        let _ = self.send.reset(1u32.into());
+    }
+
     /// Sends `bytes` as the whole answer.
     pub async fn send(mut self, bytes: &[u8]) {
         if let Err(err) = self.send.write_all(bytes).await {
@@ -321,7 +327,11 @@ async fn serve_connection(inner: Arc<Inner>, connection: quinn::Connection) {
                 };
                 if let Err(err) = inner.inbound.try_send(request) {
                     debug!(%from, "inbound queue full; refused a request");
-                    drop(err);
+                    if let mpsc::error::TrySendError::Full(Inbound::Request { reply, .. })
+                    | mpsc::error::TrySendError::Closed(Inbound::Request { reply, .. }) = err
+                    {
+                        reply.refuse();
+                    }
                 }
             });
         }
