@@ -327,7 +327,10 @@ impl Driver {
                     Ok(answer) => {
                         tokio::spawn(async move { reply.send(&answer).await });
                     }
-                    Err(err) => self.bad(from, &err),
+                    Err(err) => {
+                        reply.refuse();
+                        self.bad(from, &err);
+                    }
                 },
                 Some(&TAG_RPC) => {
                     let request = RpcRequest {
@@ -335,11 +338,17 @@ impl Driver {
                         bytes: bytes.slice(1..),
                         reply,
                     };
-                    if self.rpc.try_send(request).is_err() {
+                    if let Err(err) = self.rpc.try_send(request) {
                         debug!(%from, "replica RPC queue full; refused a request");
+                        let (mpsc::error::TrySendError::Full(request)
+                        | mpsc::error::TrySendError::Closed(request)) = err;
+                        request.reply.refuse();
                     }
                 }
-                _ => self.bad(from, &"unknown stream tag"),
+                _ => {
+                    reply.refuse();
+                    self.bad(from, &"unknown stream tag");
+                }
             },
         }
     }
