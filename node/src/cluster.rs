@@ -19,6 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +39,10 @@ pub const TAG_SWIM: u8 = 1;
 pub const TAG_RPC: u8 = 2;
 /// Replica RPCs queued for the node before new ones are refused.
 const RPC_QUEUE_MAX: usize = 1024;
+/// How long the endpoint stays open after the leave was gossiped.
+const LEAVE_LINGER: Duration = Duration::from_millis(300);
+/// How often seeds are resolved and, while alone, contacted.
+const SEED_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a graceful leave keeps gossiping before giving up.
 const LEAVE_DRAIN_MAX: Duration = Duration::from_secs(3);
 
@@ -160,6 +165,7 @@ impl Cluster {
             seed_addrs: Vec::new(),
             rpc: rpc_tx,
             bad_messages: 0,
+            push_pulls_in_flight: Arc::new(AtomicUsize::new(0)),
         };
         tokio::spawn(driver.run(inbound, commands_rx));
         Ok((
@@ -212,6 +218,10 @@ impl Cluster {
         if self.commands.send(Command::Leave(done)).await.is_ok() {
             let _ = wait.await;
         }
+        // The last datagrams were handed to QUIC but may still sit in its
+        // send queue; closing the endpoint now would drop them. Give them
+        // one gossip interval to leave (a linger, as SO_LINGER does).
+        tokio::time::sleep(LEAVE_LINGER).await;
         self.transport.close().await;
     }
 }
@@ -228,6 +238,8 @@ struct Driver {
     seed_addrs: Vec<SocketAddr>,
     rpc: mpsc::Sender<RpcRequest>,
     bad_messages: u64,
+    /// Push-pull exchanges still running (a leave waits for them).
+    push_pulls_in_flight: Arc<AtomicUsize>,
 }
 
 /// Wraps a timer so the heap orders by time and sequence only.
@@ -261,13 +273,18 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
     ) {
         let (replies_tx, mut replies) = mpsc::channel::<(SocketAddr, Bytes)>(256);
-        let mut resolve = tokio::time::interval(self.swim.config().reconnect_interval);
+        // Seeds are resolved again (and contacted, while this node is alone)
+        // every couple of seconds: a node that starts before its seeds, or
+        // whose first join attempt is lost, joins soon after they answer.
+        let mut resolve = tokio::time::interval(SEED_RETRY_INTERVAL);
         let mut leaving: Option<(oneshot::Sender<()>, Instant)> = None;
         self.publish();
         loop {
             self.flush(&replies_tx);
             if let Some((_, deadline)) = &leaving
-                && (self.swim.pending_broadcasts() == 0 || Instant::now() >= *deadline)
+                && ((self.swim.pending_broadcasts() == 0
+                    && self.push_pulls_in_flight.load(Ordering::Relaxed) == 0)
+                    || Instant::now() >= *deadline)
             {
                 if let Some((done, _)) = leaving.take() {
                     let _ = done.send(());
@@ -295,6 +312,17 @@ impl Driver {
                         info!("leaving the cluster");
                         let now = self.now();
                         self.swim.leave(now);
+                        // Gossip alone may miss a member (each update is
+                        // sent a bounded number of times to random members);
+                        // a push-pull to every live member carries the leave
+                        // reliably.
+                        let live: Vec<SocketAddr> = self
+                            .swim
+                            .members()
+                            .filter(|m| m.state.is_live())
+                            .map(|m| m.meta.addr)
+                            .collect();
+                        self.swim.join(now, &live);
                         leaving = Some((done, Instant::now() + LEAVE_DRAIN_MAX));
                     }
                     None => return,
@@ -413,6 +441,8 @@ impl Driver {
                     let transport = self.transport.clone();
                     let replies = replies.clone();
                     let timeout = self.swim.config().probe_interval * 5;
+                    let in_flight = self.push_pulls_in_flight.clone();
+                    in_flight.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
                         let mut request = Vec::with_capacity(bytes.len() + 1);
                         request.push(TAG_SWIM);
@@ -423,6 +453,7 @@ impl Driver {
                             }
                             Err(err) => debug!(%addr, %err, "push-pull failed"),
                         }
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
                 Output::Timer { at, timer } => {

@@ -164,8 +164,15 @@ async fn start_cluster(
     let swim = membership::Config::default();
     let transport_config = TransportConfig {
         listen: config.cluster_listen,
-        connect_timeout: swim.probe_timeout,
+        // Sends run in tasks of their own, so a slow handshake delays no
+        // probe; but it must be allowed to finish on a loaded machine.
+        connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(10),
+        reset_key: {
+            let mut material = secret.as_bytes().to_vec();
+            material.extend_from_slice(&node_id.to_be_bytes());
+            blake3::derive_key("starling QUIC stateless reset v1", &material)
+        },
     };
     let (transport, inbound) = Transport::bind(&transport_config, &tls)
         .with_context(|| format!("binding the cluster endpoint on {}", config.cluster_listen))?;

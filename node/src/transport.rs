@@ -6,8 +6,8 @@
 //! is a request/response on a bidirectional stream of its own, so one slow
 //! request never blocks another.
 //!
-//! Connections are made on demand, one cached per peer address, and
-//! re-made when they close; connecting is bounded by a timeout so a dead peer
+//! Connections are made on demand, one cached per peer address (the newest,
+//! whichever side opened it), and re-made when they close; connecting is bounded by a timeout so a dead peer
 //! costs a bounded wait. Both directions are authenticated by mutual TLS
 //! (see [`crate::tls`]).
 //!
@@ -129,6 +129,11 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// Key for QUIC stateless resets, the same in every life of this node.
+    /// A restarted node can then reset the connections its previous life
+    /// left open, so peers notice at once instead of sending into a dead
+    /// connection until it times out.
+    pub reset_key: [u8; 32],
 }
 
 /// The node's cluster endpoint.
@@ -173,7 +178,15 @@ impl Transport {
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server, config.listen)?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &config.reset_key,
+        )));
+        let socket = std::net::UdpSocket::bind(config.listen)?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for QUIC"))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)?;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE_MAX);
         let inner = Arc::new(Inner {
             endpoint,
@@ -283,7 +296,16 @@ async fn accept_loop(inner: Arc<Inner>) {
         tokio::spawn(async move {
             let from = incoming.remote_address();
             match incoming.await {
-                Ok(connection) => serve_connection(inner, connection).await,
+                Ok(connection) => {
+                    // The newest connection with a peer wins: a peer that
+                    // connects to us again has most likely restarted, and
+                    // the connection we opened to its previous life may
+                    // still look open. Sending on the new one reaches it
+                    // at once.
+                    let slot = inner.peers.lock().entry(from).or_default().clone();
+                    *slot.lock().await = Some(connection.clone());
+                    serve_connection(inner, connection).await;
+                }
                 // A peer without the cluster's credentials ends here.
                 Err(err) => warn!(%from, %err, "refused a cluster connection"),
             }

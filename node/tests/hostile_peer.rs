@@ -28,6 +28,7 @@ fn garbage_from_an_authenticated_peer_is_dropped_and_the_node_keeps_serving() {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
+            reset_key: [7; 32],
         };
         let (peer, _inbound) = Transport::bind(&config, &tls).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -20,16 +20,22 @@ fn all_see(
     deadline: Duration,
 ) -> Duration {
     let start = Instant::now();
-    wait_until(
-        &format!("all nodes to see {} {state}", target.http),
-        deadline,
-        || {
-            observers
-                .iter()
-                .all(|o| o.state_of(target.http).is_some_and(|(s, _)| s == state))
-        },
-    );
-    start.elapsed()
+    loop {
+        let seen: Vec<Option<(String, u64)>> =
+            observers.iter().map(|o| o.state_of(target.http)).collect();
+        if seen
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|(s, _)| s == state))
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "after {deadline:?}, {} is seen as {seen:?}, not all {state}",
+            target.http
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
