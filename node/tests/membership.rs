@@ -137,3 +137,37 @@ fn a_node_with_the_wrong_secret_or_cluster_name_cannot_join() {
         assert_eq!(members.len(), 1, "{} sees {members:?}", node.http);
     }
 }
+
+#[test]
+fn starling_admin_members_lists_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::cluster(dir.path(), 3, &[]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("admin")
+            .arg("--node")
+            .arg(nodes[1].url(""))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&["members"]);
+    assert!(table.starts_with("ID"), "{table}");
+    for node in &nodes {
+        assert!(table.contains(&node.http.to_string()), "{table}");
+    }
+    assert_eq!(table.matches("alive").count(), 3, "{table}");
+    assert_eq!(
+        table.matches('*').count(),
+        1,
+        "the answering node is marked:\n{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json", "members"])).unwrap();
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+}
