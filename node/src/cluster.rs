@@ -463,6 +463,9 @@ impl Driver {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    if let Event::Dead(m) | Event::Left(m) = &event {
+                        self.transport.forget(m.meta.addr);
+                    }
                     changed = true;
                 }
             }

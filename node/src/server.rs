@@ -161,7 +161,13 @@ async fn start_cluster(
     http_addr: SocketAddr,
 ) -> anyhow::Result<(Cluster, tokio::sync::mpsc::Receiver<RpcRequest>)> {
     let tls = ClusterTls::from_secret(&config.cluster_name, secret)?;
-    let swim = membership::Config::default();
+    let swim = membership::Config {
+        // QUIC datagrams must fit the path: before MTU discovery a QUIC
+        // packet is 1200 bytes, of which headers, the AEAD tag and the
+        // datagram frame take about 50.
+        datagram_size_bytes_max: 1100,
+        ..membership::Config::default()
+    };
     let transport_config = TransportConfig {
         listen: config.cluster_listen,
         // Sends run in tasks of their own, so a slow handshake delays no

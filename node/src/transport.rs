@@ -254,6 +254,19 @@ impl Transport {
             .map_err(|_| TransportError::Timeout(to))?
     }
 
+    /// Drops the cached connection to `addr` (the peer was declared dead or
+    /// left), so the next message opens a fresh one instead of trusting a
+    /// connection to a process that may be gone.
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Some(slot) = self.inner.peers.lock().remove(&addr) {
+            tokio::spawn(async move {
+                if let Some(connection) = slot.lock().await.take() {
+                    connection.close(0u32.into(), b"peer considered down");
+                }
+            });
+        }
+    }
+
     /// Closes every connection and the endpoint.
     pub async fn close(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");

@@ -75,7 +75,8 @@ fn five_nodes_form_detect_a_crash_a_restart_and_a_leave() {
         .filter(|(i, _)| *i != 3)
         .map(|(_, n)| n)
         .collect();
-    let detected = all_see(&observers, &nodes[3], "dead", Duration::from_secs(15));
+    // 1.5 x 9.1 s, the simulator's p99 at 100 nodes with these defaults.
+    let detected = all_see(&observers, &nodes[3], "dead", Duration::from_millis(13_650));
     eprintln!("SIGKILL detected as dead by all 4 others in {detected:?}");
 
     // Restart it: alive again everywhere with a higher incarnation.
