@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -21,6 +21,7 @@ use tracing::error;
 
 use crate::coordinator::Coordinator;
 use crate::handoff::HandoffStats;
+use crate::metrics::{Metrics, outcome};
 
 /// Keys per chunk of a streamed listing.
 const LIST_CHUNK_KEYS: usize = 1000;
@@ -32,6 +33,7 @@ pub struct NodeBackend {
     context_key: ContextKey,
     node_name: String,
     handoff: Arc<HandoffStats>,
+    metrics: Metrics,
 }
 
 impl NodeBackend {
@@ -42,11 +44,13 @@ impl NodeBackend {
         node_name: String,
         handoff: Arc<HandoffStats>,
     ) -> NodeBackend {
+        let metrics = Metrics::new(coordinator.clone(), handoff.clone());
         NodeBackend {
             coordinator,
             context_key,
             node_name,
             handoff,
+            metrics,
         }
     }
 
@@ -175,11 +179,25 @@ fn now_us() -> u64 {
 
 impl Backend for NodeBackend {
     async fn get(&self, req: GetRequest) -> Result<Option<Object>, BackendError> {
-        self.coordinator.get(req).await
+        let started = Instant::now();
+        let result = self.coordinator.get(req).await;
+        let outcome = match &result {
+            Ok(None) => "not_found",
+            Ok(Some(object)) if object.is_deleted() => "not_found",
+            other => outcome(other),
+        };
+        if let Ok(Some(object)) = &result {
+            self.metrics.siblings(object.siblings.len());
+        }
+        self.metrics.request("get", outcome, started.elapsed());
+        result
     }
 
     async fn put(&self, req: PutRequest) -> Result<Object, BackendError> {
-        self.coordinator
+        let started = Instant::now();
+        self.metrics.object_size(req.content.value.len());
+        let result = self
+            .coordinator
             .write(
                 req.bucket,
                 req.key,
@@ -188,12 +206,17 @@ impl Backend for NodeBackend {
                 req.quorums,
                 req.timeout,
             )
-            .await
+            .await;
+        self.metrics
+            .request("put", outcome(&result), started.elapsed());
+        result
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), BackendError> {
+        let started = Instant::now();
         let tombstone = Content::tombstone(now_us());
-        self.coordinator
+        let result = self
+            .coordinator
             .write(
                 req.bucket,
                 req.key,
@@ -203,7 +226,10 @@ impl Backend for NodeBackend {
                 req.timeout,
             )
             .await
-            .map(|_| ())
+            .map(|_| ());
+        self.metrics
+            .request("delete", outcome(&result), started.elapsed());
+        result
     }
 
     async fn bucket_props(&self, bucket: Bytes) -> Result<BucketProps, BackendError> {
@@ -304,6 +330,14 @@ impl Backend for NodeBackend {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only GET is allowed here\n",
             );
+        }
+        if path == "/metrics" {
+            return AdminResponse {
+                status: StatusCode::OK,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    .to_owned(),
+                body: Bytes::from(self.metrics.encode()),
+            };
         }
         match path {
             "/admin/members" => {

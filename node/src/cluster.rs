@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,7 +84,8 @@ pub struct MemberView {
     pub local: bool,
 }
 
-fn state_name(state: MemberState) -> &'static str {
+/// The admin name of a liveness state.
+pub fn state_name(state: MemberState) -> &'static str {
     match state {
         MemberState::Alive => "alive",
         MemberState::Suspect => "suspect",
@@ -118,9 +119,21 @@ enum Command {
     Leave(oneshot::Sender<()>),
 }
 
+/// Counters of the membership layer, for metrics.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Members this node came to suspect.
+    pub suspect_events: AtomicU64,
+    /// Members this node declared or learned dead.
+    pub dead_events: AtomicU64,
+    /// Malformed cluster messages dropped.
+    pub bad_messages: AtomicU64,
+}
+
 /// Handle to the running membership layer.
 #[derive(Debug, Clone)]
 pub struct Cluster {
+    counters: Arc<ClusterCounters>,
     local_id: NodeId,
     transport: Transport,
     members: Arc<RwLock<BTreeMap<NodeId, Member>>>,
@@ -152,6 +165,7 @@ impl Cluster {
         )
         .map_err(|err| anyhow::anyhow!("starting membership: {err}"))?;
         let members = Arc::new(RwLock::new(BTreeMap::new()));
+        let counters = Arc::new(ClusterCounters::default());
         let (commands, commands_rx) = mpsc::channel(16);
         let (rpc_tx, rpc_rx) = mpsc::channel(RPC_QUEUE_MAX);
         let driver = Driver {
@@ -164,12 +178,13 @@ impl Cluster {
             seeds: config.seeds,
             seed_addrs: Vec::new(),
             rpc: rpc_tx,
-            bad_messages: 0,
+            counters: counters.clone(),
             push_pulls_in_flight: Arc::new(AtomicUsize::new(0)),
         };
         tokio::spawn(driver.run(inbound, commands_rx));
         Ok((
             Cluster {
+                counters,
                 local_id,
                 transport,
                 members,
@@ -177,6 +192,11 @@ impl Cluster {
             },
             rpc_rx,
         ))
+    }
+
+    /// Counters for metrics.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.counters
     }
 
     /// This node's id.
@@ -237,7 +257,7 @@ struct Driver {
     /// What the seeds resolved to last time.
     seed_addrs: Vec<SocketAddr>,
     rpc: mpsc::Sender<RpcRequest>,
-    bad_messages: u64,
+    counters: Arc<ClusterCounters>,
     /// Push-pull exchanges still running (a leave waits for them).
     push_pulls_in_flight: Arc<AtomicUsize>,
 }
@@ -382,8 +402,8 @@ impl Driver {
     }
 
     fn bad(&mut self, from: SocketAddr, err: &dyn std::fmt::Display) {
-        self.bad_messages += 1;
-        debug!(%from, %err, total = self.bad_messages, "dropped a malformed cluster message");
+        let total = self.counters.bad_messages.fetch_add(1, Ordering::Relaxed) + 1;
+        debug!(%from, %err, total, "dropped a malformed cluster message");
     }
 
     /// Resolves the seeds again and, if they are known, hands them to SWIM
@@ -463,6 +483,15 @@ impl Driver {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    match &event {
+                        Event::Suspect(_) => {
+                            self.counters.suspect_events.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Event::Dead(_) => {
+                            self.counters.dead_events.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
                     if let Event::Dead(m) | Event::Left(m) = &event {
                         self.transport.forget(m.meta.addr);
                     }

@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod handoff;
 pub mod logging;
+pub mod metrics;
 pub mod ring;
 pub mod rpc;
 pub mod server;
