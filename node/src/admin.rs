@@ -14,6 +14,35 @@ use serde_json::Value;
 pub enum AdminCommand {
     /// Members of the cluster with their liveness and ring state.
     Members,
+    /// One line of health: members by state, ring, hints, storage.
+    Status,
+    /// Ring ownership: partitions per member.
+    Ring,
+    /// Hints waiting for unreachable members.
+    Hints,
+    /// Bucket properties.
+    Bucket {
+        #[command(subcommand)]
+        command: BucketCommand,
+    },
+}
+
+/// `starling admin bucket ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BucketCommand {
+    /// Show a bucket's properties.
+    Get {
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Set properties, e.g. `n_val=3 allow_mult=false w=quorum`.
+    Set {
+        /// Bucket name.
+        bucket: String,
+        /// `name=value` pairs; numbers and booleans are sent as such.
+        #[arg(required = true)]
+        props: Vec<String>,
+    },
 }
 
 fn agent() -> ureq::Agent {
@@ -42,9 +71,135 @@ fn fetch(node: &str, path: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
+fn bucket_path(bucket: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(bucket, percent_encoding::NON_ALPHANUMERIC);
+    format!("/buckets/{encoded}/props")
+}
+
+/// Parses `name=value` into a JSON field: integers and booleans as such,
+/// anything else as a string.
+fn prop_value(text: &str) -> anyhow::Result<(String, Value)> {
+    let (name, value) = text
+        .split_once('=')
+        .with_context(|| format!("{text:?} is not name=value"))?;
+    let value = if let Ok(n) = value.parse::<u64>() {
+        Value::from(n)
+    } else if let Ok(b) = value.parse::<bool>() {
+        Value::from(b)
+    } else {
+        Value::from(value)
+    };
+    Ok((name.to_owned(), value))
+}
+
+fn print_json_or(value: &Value, json: bool, table: impl FnOnce(&Value)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        table(value);
+    }
+    Ok(())
+}
+
 /// Runs one admin command against `node` (a base URL) and prints the result.
 pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Status => {
+            let stats = fetch(node, "/stats")?;
+            print_json_or(&stats, json, |s| {
+                println!(
+                    "node {}: members alive {} suspect {} dead {} left {}; ring {} partitions on {} members; \
+                     hints pending {}; disk {} bytes",
+                    s["nodename"].as_str().unwrap_or("?"),
+                    s["members_alive"],
+                    s["members_suspect"],
+                    s["members_dead"],
+                    s["members_left"],
+                    s["ring_num_partitions"],
+                    s["ring_members"].as_array().map_or(0, Vec::len),
+                    s["hints_pending"],
+                    s["storage"]["disk_space_bytes"],
+                );
+                if let Some(note) = s["replication_note"].as_str() {
+                    println!("note: {note}");
+                }
+            })
+        }
+        AdminCommand::Ring => {
+            let ring = fetch(node, "/admin/ring")?;
+            print_json_or(&ring, json, |r| {
+                let mut rows = vec![["NODE", "ZONE", "PARTITIONS", "HEALTHY"].map(String::from)];
+                for m in r["members"].as_array().into_iter().flatten() {
+                    rows.push([
+                        m["node"].as_str().unwrap_or("").to_owned(),
+                        m["zone"]
+                            .as_str()
+                            .filter(|z| !z.is_empty())
+                            .unwrap_or("-")
+                            .to_owned(),
+                        m["partitions"].to_string(),
+                        m["healthy"].to_string(),
+                    ]);
+                }
+                print_table(&rows);
+                println!("{} partitions", r["partition_count"]);
+                if let Some(note) = r["note"].as_str() {
+                    println!("note: {note}");
+                }
+            })
+        }
+        AdminCommand::Hints => {
+            let hints = fetch(node, "/admin/hints")?;
+            print_json_or(&hints, json, |h| {
+                let mut rows = vec![["OWNER", "HINTS"].map(String::from)];
+                for o in h["owners"].as_array().into_iter().flatten() {
+                    rows.push([
+                        o["owner"].as_str().unwrap_or("").to_owned(),
+                        o["hints"].to_string(),
+                    ]);
+                }
+                print_table(&rows);
+                println!(
+                    "pending {}, delivered {}, failed deliveries {}",
+                    h["pending"], h["delivered_total"], h["failed_total"]
+                );
+            })
+        }
+        AdminCommand::Bucket {
+            command: BucketCommand::Get { bucket },
+        } => {
+            let props = fetch(node, &bucket_path(bucket))?;
+            print_json_or(&props, json, |p| {
+                if let Some(map) = p["props"].as_object() {
+                    for (name, value) in map {
+                        println!("{name} = {value}");
+                    }
+                }
+            })
+        }
+        AdminCommand::Bucket {
+            command: BucketCommand::Set { bucket, props },
+        } => {
+            let mut map = serde_json::Map::new();
+            for prop in props {
+                let (name, value) = prop_value(prop)?;
+                map.insert(name, value);
+            }
+            let url = format!("{}{}", node.trim_end_matches('/'), bucket_path(bucket));
+            let body = serde_json::json!({ "props": map }).to_string();
+            let mut response = agent()
+                .put(&url)
+                .header("Content-Type", "application/json")
+                .send(body)
+                .with_context(|| format!("requesting {url}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                bail!("{url} answered {status}: {}", text.trim());
+            }
+            println!("properties of {bucket} set");
+            Ok(())
+        }
         AdminCommand::Members => {
             let value = fetch(node, "/admin/members")?;
             if json {

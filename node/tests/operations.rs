@@ -114,3 +114,49 @@ fn admin_views_answer_json() {
         .sum();
     assert_eq!(owned, 64);
 }
+
+#[test]
+fn starling_admin_commands_work_against_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 3, &[]);
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("admin")
+            .arg("--node")
+            .arg(nodes[0].url(""))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let status = admin(&["status"]);
+    assert!(status.contains("members alive 3"), "{status}");
+    let ring = admin(&["ring"]);
+    assert!(ring.contains("64 partitions"), "{ring}");
+    for node in &nodes {
+        assert!(ring.contains(&node.http.to_string()), "{ring}");
+    }
+    let hints = admin(&["hints"]);
+    assert!(hints.contains("pending 0"), "{hints}");
+    admin(&["bucket", "set", "cfg", "allow_mult=false", "n_val=2"]);
+    let props = admin(&["bucket", "get", "cfg"]);
+    assert!(
+        props.contains("allow_mult = false") && props.contains("n_val = 2"),
+        "{props}"
+    );
+    // Set through one node, visible through every other.
+    for node in &nodes[1..] {
+        let mut r = agent().get(&node.url("/buckets/cfg/props")).call().unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["props"]["n_val"], 2, "{body}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&admin(&["--json", "ring"])).unwrap();
+    assert_eq!(json["partition_count"], 64);
+}
