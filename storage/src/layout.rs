@@ -4,7 +4,13 @@
 //!
 //! - `objects`: one record per (bucket, key).
 //! - `props`: one record per bucket with non-default properties.
-//! - `meta`: the node's identity and the dot counter's ceiling.
+//! - `meta`: the node's identity, the dot counter's ceiling, the partition
+//!   count and the index marker.
+//! - `hints`: copies kept for unreachable primaries.
+//! - `aae`: the anti-entropy index, one record per object (see
+//!   [`crate::aae`]), written in the same batch as the object.
+//! - `tombstones`: the keys whose objects are all tombstones, with the time
+//!   of the newest one, for the reaper.
 //!
 //! # Object keys
 //!
@@ -28,7 +34,8 @@
 //!
 //! # Meta values
 //!
-//! Each a `u64` big-endian: `node_id`, `epoch`, `dot_ceiling`.
+//! Each a `u64` big-endian: `node_id`, `epoch`, `dot_ceiling`,
+//! `partition_count`, `index_version`.
 //!
 //! This module does not touch fjall; it only encodes and checks bytes. Every
 //! decoder treats its input as untrusted: a bad record is
@@ -59,6 +66,11 @@ pub(crate) const KEYSPACE_META: &str = "meta";
 /// Keyspace of hints: copies kept for unreachable primaries, keyed by
 /// `owner (16 bytes, big-endian) ++ object key`.
 pub(crate) const KEYSPACE_HINTS: &str = "hints";
+/// Keyspace of the anti-entropy index (see [`crate::aae`]).
+pub(crate) const KEYSPACE_INDEX: &str = "aae";
+/// Keyspace of tombstone-only objects awaiting reaping: object key →
+/// `u64` BE microseconds of the newest tombstone.
+pub(crate) const KEYSPACE_TOMBSTONES: &str = "tombstones";
 
 /// Meta record: the node id.
 pub(crate) const META_NODE_ID: &str = "node_id";
@@ -66,6 +78,10 @@ pub(crate) const META_NODE_ID: &str = "node_id";
 pub(crate) const META_EPOCH: &str = "epoch";
 /// Meta record: no counter at or above this value was handed out.
 pub(crate) const META_DOT_CEILING: &str = "dot_ceiling";
+/// Meta record: the partition count the index was built with.
+pub(crate) const META_PARTITION_COUNT: &str = "partition_count";
+/// Meta record: the index describes every object (version 1).
+pub(crate) const META_INDEX_VERSION: &str = "index_version";
 
 /// The store key of `bucket`/`key`. The caller has checked the limits, which
 /// keep the bucket within `u16` and the whole key within fjall's limit.

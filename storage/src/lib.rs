@@ -20,10 +20,13 @@
 //! - [`commit`]: [`SyncPolicy`] and group commit.
 //! - [`identity`]: the node's [`Identity`] and the leased dot counter.
 //! - [`limits`]: [`Limits`] and their checks.
+//! - [`merkle`]: Merkle (tictac) trees, key hashing and digests for
+//!   anti-entropy; the store keeps them current (`aae` holds the index).
 //! - [`stats`]: the [`StoreStats`] counters.
 //! - [`error`]: the one error type, [`StoreError`].
 //! - [`layout`]: key layout and record encodings on disk.
 
+mod aae;
 pub mod commit;
 pub mod context;
 pub mod dvv;
@@ -31,6 +34,7 @@ pub mod error;
 pub mod identity;
 pub mod layout;
 pub mod limits;
+pub mod merkle;
 pub mod props;
 pub mod stats;
 pub mod store;
@@ -41,6 +45,10 @@ pub use dvv::{ActorId, Content, Dot, DvvError, Link, Metadata, Object, Sibling, 
 pub use error::StoreError;
 pub use identity::Identity;
 pub use limits::Limits;
+pub use merkle::{KeyDigest, TreeId};
 pub use props::{BucketProps, PropsError, Quorum};
 pub use stats::StoreStats;
-pub use store::{Hint, KeyPage, Keys, Objects, Store, StoreConfig, WriteOptions, Written};
+pub use store::{
+    Hint, KeyPage, Keys, MaintenanceReport, Objects, Store, StoreConfig, TreeSummary, WriteOptions,
+    Written,
+};

@@ -58,6 +58,8 @@ pub struct StoreStats {
     pub object_size_refusals: u64,
     /// Writes that left an object above the size warning threshold.
     pub object_size_warnings: u64,
+    /// Keys removed by reaping or after hand-off.
+    pub keys_removed: u64,
     /// Whether a failed fsync poisoned the store.
     pub poisoned: bool,
     /// Disk space used by the store (journal and tables), from fjall.
@@ -86,6 +88,7 @@ pub(crate) struct Counters {
     pub(crate) sibling_warnings: AtomicU64,
     pub(crate) object_size_refusals: AtomicU64,
     pub(crate) object_size_warnings: AtomicU64,
+    pub(crate) keys_removed: AtomicU64,
     pub(crate) poisoned: AtomicBool,
 }
 
@@ -136,6 +139,7 @@ impl Counters {
             sibling_warnings: load(&self.sibling_warnings),
             object_size_refusals: load(&self.object_size_refusals),
             object_size_warnings: load(&self.object_size_warnings),
+            keys_removed: load(&self.keys_removed),
             poisoned: self.poisoned.load(Ordering::Relaxed),
             disk_space_bytes: 0,
         }

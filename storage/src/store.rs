@@ -35,23 +35,28 @@
 //! a power loss at that moment would undo, together with everything journaled
 //! after it).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fjall::KeyspaceCreateOptions;
-use parking_lot::{Mutex, MutexGuard};
+use fjall::{KeyspaceCreateOptions, Readable};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+use crate::aae::{self, IndexEntry, Placement, Trees};
 
 use crate::commit::{SyncPolicy, Syncer};
 use crate::dvv::{Content, Dot, DvvError, Object, VersionVector};
 use crate::error::{StoreError, escape};
 use crate::identity::{self, DotCounter, Identity};
 use crate::layout::{
-    self, KEYSPACE_HINTS, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS, META_DOT_CEILING,
-    bucket_prefix, decode_object, encode_object, object_is_deleted, object_key, object_record_name,
+    self, KEYSPACE_HINTS, KEYSPACE_INDEX, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS,
+    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_INDEX_VERSION, META_PARTITION_COUNT, bucket_prefix,
+    decode_object, encode_object, object_is_deleted, object_key, object_record_name,
     prefix_successor, split_object_key,
 };
 use crate::limits::Limits;
+use crate::merkle::{self, KeyDigest, TreeId};
 use crate::props::BucketProps;
 use crate::stats::{Counters, StoreStats, bump};
 
@@ -73,6 +78,11 @@ pub struct StoreConfig {
     /// For an existing directory it must match the stored id, or open fails
     /// with [`StoreError::IdentityMismatch`].
     pub node_id: Option<u64>,
+    /// How many partitions the anti-entropy trees split the key-hash space
+    /// into (a power of two up to 65536): the node passes its ring's
+    /// partition count. Recorded in the data directory; opening it with
+    /// another count fails with [`StoreError::InvalidConfig`].
+    pub partition_count: u32,
 }
 
 impl StoreConfig {
@@ -83,9 +93,13 @@ impl StoreConfig {
             sync: SyncPolicy::default(),
             limits: Limits::default(),
             node_id: None,
+            partition_count: DEFAULT_PARTITION_COUNT,
         }
     }
 }
+
+/// The partition count of a [`StoreConfig::new`].
+pub const DEFAULT_PARTITION_COUNT: u32 = 64;
 
 /// How a write treats siblings and limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,6 +151,21 @@ pub struct Store {
     props: fjall::Keyspace,
     meta: fjall::Keyspace,
     hints: fjall::Keyspace,
+    index: fjall::Keyspace,
+    tombstones: fjall::Keyspace,
+    /// The anti-entropy trees, in memory.
+    trees: Trees,
+    /// log2 of the partition count.
+    partition_bits: u32,
+    /// `n_val` of every bucket with stored properties; others have the
+    /// default.
+    n_vals: RwLock<HashMap<Vec<u8>, u8>>,
+    /// Buckets whose `n_val` changed and whose index records must move to
+    /// other trees ([`Store::maintain`]).
+    reindex: Mutex<Vec<Vec<u8>>>,
+    /// The index may not describe every object (a data directory from
+    /// before the index, or a crash in an old version): verify it.
+    index_unverified: std::sync::atomic::AtomicBool,
     /// Hints stored, kept in memory so the bound is checked without a scan.
     hint_count: std::sync::atomic::AtomicU64,
     identity: Identity,
@@ -165,12 +194,20 @@ impl Store {
     /// node id, another process holds it, or the meta records are corrupt.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         config.limits.validate()?;
+        let partition_count = config.partition_count;
+        if !partition_count.is_power_of_two() || partition_count > 65536 {
+            return Err(StoreError::InvalidConfig(format!(
+                "partition count must be a power of two between 1 and 65536, got {partition_count}"
+            )));
+        }
         std::fs::create_dir_all(&config.data_dir)?;
         let db = fjall::Database::builder(&config.data_dir).open()?;
         let objects = db.keyspace(KEYSPACE_OBJECTS, KeyspaceCreateOptions::default)?;
         let props = db.keyspace(KEYSPACE_PROPS, KeyspaceCreateOptions::default)?;
         let meta = db.keyspace(KEYSPACE_META, KeyspaceCreateOptions::default)?;
         let hints = db.keyspace(KEYSPACE_HINTS, KeyspaceCreateOptions::default)?;
+        let index = db.keyspace(KEYSPACE_INDEX, KeyspaceCreateOptions::default)?;
+        let tombstones = db.keyspace(KEYSPACE_TOMBSTONES, KeyspaceCreateOptions::default)?;
         let hint_count = hints.iter().count() as u64;
         let loaded = identity::load_or_create(&db, &meta, config.node_id)?;
         if loaded.created && !objects.is_empty()? {
@@ -178,6 +215,33 @@ impl Store {
                 record: "meta".into(),
                 reason: "objects are stored but the identity is missing".into(),
             });
+        }
+        match meta.get(META_PARTITION_COUNT)? {
+            Some(bytes) => {
+                let stored = layout::decode_u64(META_PARTITION_COUNT, &bytes)?;
+                if stored != u64::from(partition_count) {
+                    return Err(StoreError::InvalidConfig(format!(
+                        "this data directory was created with {stored} partitions, not \
+                         {partition_count}: the partition count is fixed for the life of a cluster"
+                    )));
+                }
+            }
+            None => meta.insert(
+                META_PARTITION_COUNT,
+                layout::encode_u64(u64::from(partition_count)),
+            )?,
+        }
+        // A directory without the index marker may hold objects the index
+        // does not describe; an empty one is trivially complete.
+        let index_unverified = meta.get(META_INDEX_VERSION)?.is_none() && !objects.is_empty()?;
+        if !index_unverified {
+            meta.insert(META_INDEX_VERSION, layout::encode_u64(1))?;
+        }
+        let mut n_vals = HashMap::new();
+        for guard in props.iter() {
+            let (bucket, bytes) = guard.into_inner()?;
+            let p = layout::decode_props(&bucket, &bytes)?;
+            n_vals.insert(bucket.to_vec(), n_val_byte(p.n_val));
         }
         let counters = Arc::new(Counters::default());
         let syncer = Syncer::start(db.clone(), config.sync, counters.clone())?;
@@ -198,6 +262,13 @@ impl Store {
             props,
             meta,
             hints,
+            index,
+            tombstones,
+            trees: Trees::default(),
+            partition_bits: partition_count.trailing_zeros(),
+            n_vals: RwLock::new(n_vals),
+            reindex: Mutex::new(Vec::new()),
+            index_unverified: std::sync::atomic::AtomicBool::new(index_unverified),
             hint_count: std::sync::atomic::AtomicU64::new(hint_count),
             identity,
             counter: DotCounter::resume(identity.actor(), loaded.dot_ceiling),
@@ -256,6 +327,7 @@ impl Store {
         let guard = self.lock(&store_key);
         let local = self.read(bucket, key, &store_key)?;
         let local_version = local.as_ref().map(|l| l.version.clone());
+        let local_deleted = local.as_ref().is_some_and(Object::is_deleted);
         let mut object = local.unwrap_or_default();
         // A counter at or below what the object or the context already hold
         // for our actor would be a reused dot: mint above both.
@@ -284,7 +356,8 @@ impl Store {
         assert!(object.version.covers(&dot) && object.version.descends(context));
         assert!(local_version.is_none_or(|v| object.version.descends(&v)));
         assert!(opts.resolve_by_time || object.siblings.iter().any(|s| s.dot == dot));
-        let seq = self.write(bucket, key, &store_key, &object, opts)?;
+        let was_deleted = local_deleted;
+        let seq = self.write(bucket, key, &store_key, &object, was_deleted, opts)?;
         drop(guard);
         let durable = self.syncer.commit(seq)?;
         bump(&self.counters.puts);
@@ -360,7 +433,8 @@ impl Store {
             // fsync: answer durable only once it is.
             self.syncer.written_seq()
         } else {
-            self.write(bucket, key, &store_key, &merged, opts)?
+            let was_deleted = local.as_ref().is_some_and(Object::is_deleted);
+            self.write(bucket, key, &store_key, &merged, was_deleted, opts)?
         };
         drop(guard);
         let durable = self.syncer.commit(seq)?;
@@ -518,7 +592,9 @@ impl Store {
         self.syncer.check_writable()?;
         self.props.insert(bucket, layout::encode_props(props))?;
         self.syncer.note_write();
-        self.syncer.sync_now()
+        self.syncer.sync_now()?;
+        self.note_n_val(bucket, Some(n_val_byte(props.n_val)));
+        Ok(())
     }
 
     /// Removes the bucket's properties so defaults apply; durable before
@@ -528,7 +604,25 @@ impl Store {
         self.syncer.check_writable()?;
         self.props.remove(bucket)?;
         self.syncer.note_write();
-        self.syncer.sync_now()
+        self.syncer.sync_now()?;
+        self.note_n_val(bucket, None);
+        Ok(())
+    }
+
+    /// Records a bucket's `n_val` for the trees; a change queues the
+    /// bucket's keys to move trees in the next [`Store::maintain`].
+    fn note_n_val(&self, bucket: &[u8], n_val: Option<u8>) {
+        let before = self.n_val(bucket);
+        {
+            let mut n_vals = self.n_vals.write();
+            match n_val {
+                Some(n) => n_vals.insert(bucket.to_vec(), n),
+                None => n_vals.remove(bucket),
+            };
+        }
+        if self.n_val(bucket) != before {
+            self.reindex.lock().push(bucket.to_vec());
+        }
     }
 
     /// Every bucket with stored properties.
@@ -692,14 +786,18 @@ impl Store {
             .transpose()
     }
 
-    /// Checks the limits, then appends `object` to the journal. Returns the
-    /// write's commit sequence number. The caller holds the key's lock.
+    /// Checks the limits, then appends `object` to the journal together with
+    /// its index record (and tombstone record), and moves the key in the
+    /// trees. Returns the write's commit sequence number. The caller holds
+    /// the key's lock; `was_deleted` says whether the copy it replaces was
+    /// all tombstones.
     fn write(
         &self,
         bucket: &[u8],
         key: &[u8],
         store_key: &[u8],
         object: &Object,
+        was_deleted: bool,
         opts: WriteOptions,
     ) -> Result<u64, StoreError> {
         let count = object.siblings.len();
@@ -741,14 +839,61 @@ impl Store {
                 "large object"
             );
         }
+        let placement = Placement::of(bucket, key, self.partition_bits);
+        let index_key = aae::index_key(placement, store_key);
+        let old_entry = self.index_entry(&index_key)?;
+        let new_entry = IndexEntry {
+            n_val: self.n_val(bucket),
+            digest: merkle::object_digest(object),
+            size_bytes: u32::try_from(size_bytes).unwrap_or(u32::MAX),
+        };
+        let mut batch = self.db.batch();
+        batch.insert(&self.objects, store_key, bytes);
+        batch.insert(&self.index, index_key, aae::encode_entry(new_entry));
+        if object.is_deleted() {
+            batch.insert(
+                &self.tombstones,
+                store_key,
+                layout::encode_u64(deleted_at_us(object)),
+            );
+        } else if was_deleted {
+            batch.remove(&self.tombstones, store_key);
+        }
         let append = self.syncer.begin_append();
-        self.objects.insert(store_key, bytes)?;
+        batch.commit()?;
         let seq = append.finish();
+        self.trees
+            .apply(bucket, key, placement, old_entry, Some(new_entry));
         bump(&self.counters.keys_written);
         self.counters
             .bytes_written
             .fetch_add(size_bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(seq)
+    }
+
+    /// The index record at `index_key`. A corrupt record reads as absent
+    /// (writes must not fail because of it) and asks for a full verify.
+    fn index_entry(&self, index_key: &[u8]) -> Result<Option<IndexEntry>, StoreError> {
+        let Some(bytes) = self.index.get(index_key)? else {
+            return Ok(None);
+        };
+        match aae::decode_entry(index_key, &bytes) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(err) => {
+                tracing::warn!(%err, "corrupt anti-entropy index record; verifying the index");
+                self.request_full_verify();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The `n_val` the trees file `bucket`'s keys under.
+    fn n_val(&self, bucket: &[u8]) -> u8 {
+        self.n_vals
+            .read()
+            .get(bucket)
+            .copied()
+            .unwrap_or_else(|| n_val_byte(BucketProps::default().n_val))
     }
 
     /// Makes a new dot ceiling durable before any counter below it leaves.
@@ -765,6 +910,21 @@ impl Store {
     pub(crate) fn fail_next_fsync(&self) {
         self.syncer.fail_next_fsync();
     }
+}
+
+/// `n_val` as the index stores it; validated props keep it within 1..=16.
+fn n_val_byte(n_val: u32) -> u8 {
+    u8::try_from(n_val.clamp(1, crate::props::N_VAL_MAX)).expect("N_VAL_MAX fits a byte")
+}
+
+/// When the newest tombstone of an all-tombstone object was written.
+fn deleted_at_us(object: &Object) -> u64 {
+    object
+        .siblings
+        .iter()
+        .map(|s| s.content.meta.last_modified_us)
+        .max()
+        .unwrap_or(0)
 }
 
 fn hint_key(owner: u128, bucket: &[u8], key: &[u8]) -> Vec<u8> {
@@ -861,6 +1021,10 @@ impl Iterator for Objects {
         )
     }
 }
+
+mod maintenance;
+
+pub use maintenance::{MAINTENANCE_RECORDS_PER_S_MAX, MaintenanceReport, TreeSummary};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,915 @@
+//! The store's anti-entropy surface: tree views for exchanges, segment and
+//! partition listings, compare-and-remove for reaping and hand-off, and the
+//! background maintenance that builds the trees and keeps the index true.
+//!
+//! Everything here is blocking, like the rest of the store. Long scans pace
+//! themselves ([`MAINTENANCE_RECORDS_PER_S_MAX`]) so a rebuild never starves
+//! client requests of disk and CPU.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Most records a maintenance scan reads per second.
+pub const MAINTENANCE_RECORDS_PER_S_MAX: u64 = 200_000;
+
+/// One tree as [`Store::aae_trees`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// Which tree.
+    pub id: TreeId,
+    /// Its root hash.
+    pub root: u64,
+    /// Keys it holds.
+    pub keys: u64,
+    /// Bytes of their stored records.
+    pub size_bytes: u64,
+}
+
+/// What a [`Store::maintain`] call did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// The trees were (re)built from the index.
+    pub trees_built: bool,
+    /// Index records checked against their objects.
+    pub records_verified: u64,
+    /// Index or tombstone records that were wrong and were fixed.
+    pub records_fixed: u64,
+}
+
+/// Paces a scan to at most [`MAINTENANCE_RECORDS_PER_S_MAX`].
+struct Pace {
+    start: Instant,
+    records: u64,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            start: Instant::now(),
+            records: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.records += 1;
+        if !self.records.is_multiple_of(1024) {
+            return;
+        }
+        let due =
+            Duration::from_secs_f64(self.records as f64 / MAINTENANCE_RECORDS_PER_S_MAX as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+impl Store {
+    /// The partition count the trees are split by.
+    pub fn partition_count(&self) -> u32 {
+        1 << self.partition_bits
+    }
+
+    /// Whether the trees are built and describe the store.
+    pub fn aae_ready(&self) -> bool {
+        self.trees.ready()
+    }
+
+    /// Completed tree builds since the store opened.
+    pub fn aae_builds(&self) -> u64 {
+        self.trees.builds()
+    }
+
+    /// Every non-empty tree, in id order; `None` while the trees are being
+    /// built.
+    pub fn aae_trees(&self) -> Option<Vec<TreeSummary>> {
+        self.trees.with(|trees| {
+            let mut out: Vec<TreeSummary> = trees
+                .iter()
+                .map(|(&id, tree)| TreeSummary {
+                    id,
+                    root: tree.root(),
+                    keys: tree.keys(),
+                    size_bytes: tree.size_bytes(),
+                })
+                .collect();
+            out.sort_by_key(|t| t.id);
+            out
+        })
+    }
+
+    /// The branch hashes of one tree (zeros for a tree this store does not
+    /// hold); `None` while building.
+    pub fn aae_branches(&self, id: TreeId) -> Option<Vec<u64>> {
+        self.trees.with(|trees| {
+            trees
+                .get(&id)
+                .map_or_else(|| vec![0; merkle::BRANCHES], |t| t.branches().to_vec())
+        })
+    }
+
+    /// The segment hashes under each of `branches` (out-of-range branches
+    /// are skipped); `None` while building.
+    pub fn aae_segment_hashes(&self, id: TreeId, branches: &[u16]) -> Option<Vec<(u16, Vec<u64>)>> {
+        self.trees.with(|trees| {
+            branches
+                .iter()
+                .filter(|&&b| usize::from(b) < merkle::BRANCHES)
+                .map(|&b| {
+                    let hashes = trees.get(&id).map_or_else(
+                        || vec![0; merkle::SEGMENTS_PER_BRANCH],
+                        |t| t.branch_segments(b).to_vec(),
+                    );
+                    (b, hashes)
+                })
+                .collect()
+        })
+    }
+
+    /// The keys (with digests) of the given segments of a tree, in index
+    /// order. Out-of-range segments are skipped.
+    pub fn aae_keys(&self, id: TreeId, segments: &[u16]) -> Result<Vec<KeyDigest>, StoreError> {
+        let mut out = Vec::new();
+        for &segment in segments {
+            if usize::from(segment) >= merkle::SEGMENTS {
+                continue;
+            }
+            for guard in self
+                .index
+                .prefix(aae::index_prefix(id.partition, Some(segment)))
+            {
+                let (index_key, value) = guard.into_inner()?;
+                if let Some(k) = self.key_digest(id, &index_key, &value)? {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` keys of one tree after the cursor `start_after` (an
+    /// opaque value from a previous page), with the cursor of the next page
+    /// (`None` at the end). For hand-off of a whole partition.
+    pub fn aae_tree_keys(
+        &self,
+        id: TreeId,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<KeyDigest>, Option<Vec<u8>>), StoreError> {
+        use std::ops::Bound;
+        let prefix = aae::index_prefix(id.partition, None);
+        let lower = match start_after {
+            Some(cursor) if cursor.starts_with(&prefix) => Bound::Excluded(cursor.to_vec()),
+            _ => Bound::Included(prefix.clone()),
+        };
+        let upper = match prefix_successor(&prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for guard in self.index.range::<Vec<u8>, _>((lower, upper)) {
+            let (index_key, value) = guard.into_inner()?;
+            if let Some(k) = self.key_digest(id, &index_key, &value)? {
+                out.push(k);
+            }
+            if out.len() >= limit.max(1) {
+                return Ok((out, Some(index_key.to_vec())));
+            }
+        }
+        Ok((out, None))
+    }
+
+    fn key_digest(
+        &self,
+        id: TreeId,
+        index_key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<KeyDigest>, StoreError> {
+        let entry = aae::decode_entry(index_key, value)?;
+        if entry.n_val != id.n_val {
+            return Ok(None);
+        }
+        let (_, store_key) =
+            aae::split_index_key(index_key).ok_or_else(|| StoreError::Corrupt {
+                record: format!("index key {}", escape(index_key)),
+                reason: "malformed index key".into(),
+            })?;
+        let (bucket, key) = split_key(store_key)?;
+        Ok(Some(KeyDigest {
+            bucket: bucket.to_vec(),
+            key: key.to_vec(),
+            digest: entry.digest,
+        }))
+    }
+
+    /// Removes a key if its stored copy still has `digest`: reaping a
+    /// tombstone every replica holds, or dropping a copy that was handed to
+    /// the key's new owners. A copy that changed meanwhile stays. Returns
+    /// whether the key was removed; durable as the sync policy says.
+    pub fn remove_if_unchanged(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        digest: u64,
+    ) -> Result<bool, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        self.syncer.check_writable()?;
+        let store_key = object_key(bucket, key);
+        let guard = self.lock(&store_key);
+        let Some(object) = self.read(bucket, key, &store_key)? else {
+            return Ok(false);
+        };
+        if merkle::object_digest(&object) != digest {
+            return Ok(false);
+        }
+        let placement = Placement::of(bucket, key, self.partition_bits);
+        let index_key = aae::index_key(placement, &store_key);
+        let old_entry = self.index_entry(&index_key)?;
+        let mut batch = self.db.batch();
+        batch.remove(&self.objects, store_key.clone());
+        batch.remove(&self.index, index_key);
+        if object.is_deleted() {
+            batch.remove(&self.tombstones, store_key);
+        }
+        let append = self.syncer.begin_append();
+        batch.commit()?;
+        let seq = append.finish();
+        self.trees.apply(bucket, key, placement, old_entry, None);
+        drop(guard);
+        self.syncer.commit(seq)?;
+        bump(&self.counters.keys_removed);
+        Ok(true)
+    }
+
+    /// Reaps one key: removes the stored copy if it is all tombstones and
+    /// `tombstone` covers it, and every hint held for it on behalf of
+    /// `owners` that `tombstone` covers. A copy or hint with anything the
+    /// tombstone has not seen (a later write) stays, and then so does the
+    /// copy. Returns whether the key is now gone here (no copy left).
+    pub fn reap(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        tombstone: &Object,
+        owners: &[u128],
+    ) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering as AtomicOrdering;
+        self.limits.check_key(bucket, key)?;
+        self.syncer.check_writable()?;
+        if !tombstone.is_deleted() || !tombstone.is_well_formed() {
+            return Err(StoreError::InvalidObject("only a tombstone can be reaped"));
+        }
+        // Hints first, each under its own lock (never two locks at once:
+        // a build takes every lock in order). A hint that appears after its
+        // turn is a later write's, which the tombstone does not cover anyway.
+        let mut seq = self.syncer.written_seq();
+        for &owner in owners {
+            let hint_key = hint_key(owner, bucket, key);
+            let _hint_guard = self.lock(&hint_key);
+            let Some(bytes) = self.hints.get(&hint_key)? else {
+                continue;
+            };
+            let hint = decode_object(&format!("hint {}", escape(&hint_key)), &bytes)?;
+            if tombstone.version.descends(&hint.version) {
+                let append = self.syncer.begin_append();
+                self.hints.remove(hint_key)?;
+                seq = append.finish();
+                self.hint_count.fetch_sub(1, AtomicOrdering::Relaxed);
+            }
+        }
+        let store_key = object_key(bucket, key);
+        let guard = self.lock(&store_key);
+        let gone = match self.read(bucket, key, &store_key)? {
+            None => true,
+            Some(copy) if copy.is_deleted() && tombstone.version.descends(&copy.version) => {
+                let placement = Placement::of(bucket, key, self.partition_bits);
+                let index_key = aae::index_key(placement, &store_key);
+                let old_entry = self.index_entry(&index_key)?;
+                let mut batch = self.db.batch();
+                batch.remove(&self.objects, store_key.clone());
+                batch.remove(&self.index, index_key);
+                batch.remove(&self.tombstones, store_key.clone());
+                let append = self.syncer.begin_append();
+                batch.commit()?;
+                seq = append.finish();
+                self.trees.apply(bucket, key, placement, old_entry, None);
+                bump(&self.counters.keys_removed);
+                true
+            }
+            Some(_) => false,
+        };
+        drop(guard);
+        self.syncer.commit(seq)?;
+        Ok(gone)
+    }
+
+    /// The hint held for `owner` of one key, if any.
+    pub fn hint(
+        &self,
+        owner: u128,
+        bucket: &[u8],
+        key: &[u8],
+    ) -> Result<Option<Object>, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        let hint_key = hint_key(owner, bucket, key);
+        self.hints
+            .get(&hint_key)?
+            .map(|bytes| decode_object(&format!("hint {}", escape(&hint_key)), &bytes))
+            .transpose()
+    }
+
+    /// Up to `limit` all-tombstone objects whose newest tombstone is older
+    /// than `cutoff_us`, after the key `start_after` (exclusive, as `(bucket,
+    /// key)`), in key order, with where the next page starts (`None` at the
+    /// end).
+    #[allow(clippy::type_complexity)]
+    pub fn tombstones_before(
+        &self,
+        cutoff_us: u64,
+        start_after: Option<(&[u8], &[u8])>,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>, Object)>, Option<(Vec<u8>, Vec<u8>)>), StoreError> {
+        use std::ops::Bound;
+        let lower = match start_after {
+            Some((bucket, key)) => {
+                self.limits.check_key(bucket, key)?;
+                Bound::Excluded(object_key(bucket, key))
+            }
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for guard in self
+            .tombstones
+            .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+        {
+            let (store_key, value) = guard.into_inner()?;
+            let (bucket, key) = split_key(&store_key)?;
+            let deleted_at = layout::decode_u64("tombstone", &value)?;
+            if deleted_at < cutoff_us
+                && let Some(object) = self.read(bucket, key, &store_key)?
+                && object.is_deleted()
+            {
+                out.push((bucket.to_vec(), key.to_vec(), object));
+            }
+            if out.len() >= limit.max(1) {
+                return Ok((out, Some((bucket.to_vec(), key.to_vec()))));
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Tombstone-only objects awaiting reaping.
+    pub fn tombstone_count(&self) -> Result<u64, StoreError> {
+        Ok(self.tombstones.len()? as u64)
+    }
+
+    /// Builds the trees from the index. Writes may go on meanwhile; until
+    /// the build finishes, [`Store::aae_ready`] is false.
+    pub fn rebuild_trees(&self) -> Result<(), StoreError> {
+        // Hold every key lock while the build starts recording and takes
+        // its snapshot: no write is half done, so each one is either in the
+        // snapshot or recorded by the trees afterwards, never both.
+        let snapshot = {
+            let _guards: Vec<MutexGuard<'_, ()>> = self.locks.iter().map(|l| l.lock()).collect();
+            self.trees.begin_build();
+            self.db.snapshot()
+        };
+        let mut pace = Pace::new();
+        let mut corrupt = 0u64;
+        for guard in snapshot.iter(&self.index) {
+            let (index_key, value) = guard.into_inner()?;
+            let parsed = aae::decode_entry(&index_key, &value)
+                .ok()
+                .and_then(|entry| {
+                    let (placement, store_key) = aae::split_index_key(&index_key)?;
+                    let (bucket, key) = split_object_key(store_key)?;
+                    Some((entry, placement, bucket, key))
+                });
+            match parsed {
+                Some((entry, placement, bucket, key)) => {
+                    self.trees.fold(bucket, key, placement, entry);
+                }
+                // Left out of the trees; the verify repairs the record.
+                None => corrupt += 1,
+            }
+            pace.tick();
+        }
+        self.trees.finish_build();
+        if corrupt > 0 {
+            tracing::warn!(
+                records = corrupt,
+                "corrupt anti-entropy index records; verifying the index"
+            );
+            self.request_full_verify();
+        }
+        Ok(())
+    }
+
+    /// Asks the next [`Store::maintain`] to verify the whole index and
+    /// rebuild the trees (after a corrupt record was seen, or as a periodic
+    /// check).
+    pub fn request_full_verify(&self) {
+        self.index_unverified.store(true, Ordering::Relaxed);
+    }
+
+    /// Background upkeep; call it periodically from a blocking thread:
+    /// builds the trees if they were never built, verifies the index against
+    /// the objects when asked to (or when the directory predates it), and
+    /// moves the keys of buckets whose `n_val` changed to their new trees.
+    pub fn maintain(&self) -> Result<MaintenanceReport, StoreError> {
+        let mut report = MaintenanceReport::default();
+        if self.trees.builds() == 0 {
+            self.rebuild_trees()?;
+            report.trees_built = true;
+        }
+        if self.index_unverified.swap(false, Ordering::Relaxed) {
+            let result = self.verify_range(None, &mut report).and_then(|()| {
+                self.meta
+                    .insert(META_INDEX_VERSION, layout::encode_u64(1))
+                    .map_err(StoreError::from)
+            });
+            if let Err(err) = result {
+                self.index_unverified.store(true, Ordering::Relaxed);
+                return Err(err);
+            }
+            if report.records_fixed > 0 {
+                tracing::warn!(
+                    fixed = report.records_fixed,
+                    "the anti-entropy index disagreed with the stored objects and was repaired"
+                );
+                // A record that was wrong on disk may have been folded into
+                // the trees as it was: build them again from the repaired
+                // index.
+                self.rebuild_trees()?;
+                report.trees_built = true;
+            }
+        }
+        let pending: Vec<Vec<u8>> = std::mem::take(&mut *self.reindex.lock());
+        for bucket in pending {
+            if let Err(err) = self.verify_range(Some(&bucket), &mut report) {
+                self.reindex.lock().push(bucket);
+                return Err(err);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Checks the index and tombstone records of every object (of one
+    /// bucket, or all) against the object, fixing what is wrong; then, for
+    /// a full check, removes index and tombstone records without an object.
+    fn verify_range(
+        &self,
+        bucket: Option<&[u8]>,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StoreError> {
+        let snapshot = self.db.snapshot();
+        let iter = match bucket {
+            Some(bucket) => snapshot.prefix(&self.objects, bucket_prefix(bucket)),
+            None => snapshot.iter(&self.objects),
+        };
+        let mut pace = Pace::new();
+        for guard in iter {
+            let (store_key, _) = guard.into_inner()?;
+            let (bucket, key) = split_key(&store_key)?;
+            if self.fix_records(bucket, key)? {
+                report.records_fixed += 1;
+            }
+            report.records_verified += 1;
+            pace.tick();
+        }
+        if bucket.is_some() {
+            return Ok(());
+        }
+        for guard in snapshot.iter(&self.index) {
+            let (index_key, _) = guard.into_inner()?;
+            if let Some((_, store_key)) = aae::split_index_key(&index_key)
+                && let Ok((bucket, key)) = split_key(store_key)
+            {
+                if self.fix_records(bucket, key)? {
+                    report.records_fixed += 1;
+                }
+            } else {
+                // A key this store never writes: drop it.
+                self.index.remove(index_key)?;
+                report.records_fixed += 1;
+            }
+            pace.tick();
+        }
+        for guard in snapshot.iter(&self.tombstones) {
+            let (store_key, _) = guard.into_inner()?;
+            let (bucket, key) = split_key(&store_key)?;
+            if self.fix_records(bucket, key)? {
+                report.records_fixed += 1;
+            }
+            pace.tick();
+        }
+        Ok(())
+    }
+
+    /// Makes the index and tombstone records of one key describe its stored
+    /// object (or its absence). Returns whether anything was wrong.
+    fn fix_records(&self, bucket: &[u8], key: &[u8]) -> Result<bool, StoreError> {
+        let store_key = object_key(bucket, key);
+        let _guard = self.lock(&store_key);
+        let placement = Placement::of(bucket, key, self.partition_bits);
+        let index_key = aae::index_key(placement, &store_key);
+        let old_entry = match self.index_entry(&index_key) {
+            Ok(entry) => entry,
+            Err(StoreError::Corrupt { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        let stored = self.objects.get(&store_key)?;
+        let object = match &stored {
+            Some(bytes) => match decode_object(&object_record_name(bucket, key), bytes) {
+                Ok(object) => Some((object, bytes.len())),
+                // A corrupt object is reported where it is read; its index
+                // record stays as it was, so exchanges keep asking peers for it.
+                Err(_) => return Ok(false),
+            },
+            None => None,
+        };
+        let new_entry = object.as_ref().map(|(o, size)| IndexEntry {
+            n_val: self.n_val(bucket),
+            digest: merkle::object_digest(o),
+            size_bytes: u32::try_from(*size).unwrap_or(u32::MAX),
+        });
+        let deleted_at = object
+            .as_ref()
+            .filter(|(o, _)| o.is_deleted())
+            .map(|(o, _)| deleted_at_us(o));
+        let tombstone_record = self
+            .tombstones
+            .get(&store_key)?
+            .map(|v| layout::decode_u64("tombstone", &v))
+            .transpose()
+            .unwrap_or(None);
+        if old_entry == new_entry && tombstone_record == deleted_at {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        match new_entry {
+            Some(entry) => batch.insert(&self.index, index_key, aae::encode_entry(entry)),
+            None => batch.remove(&self.index, index_key),
+        }
+        match deleted_at {
+            Some(at) => batch.insert(&self.tombstones, store_key, layout::encode_u64(at)),
+            None => batch.remove(&self.tombstones, store_key),
+        }
+        batch.commit()?;
+        self.syncer.note_write();
+        self.trees
+            .apply(bucket, key, placement, old_entry, new_entry);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dvv::Metadata;
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(StoreConfig {
+            sync: SyncPolicy::Never,
+            partition_count: 16,
+            ..StoreConfig::new(dir)
+        })
+        .unwrap()
+    }
+
+    fn ready(dir: &std::path::Path) -> Store {
+        let store = open(dir);
+        store.maintain().unwrap();
+        assert!(store.aae_ready());
+        store
+    }
+
+    fn content(value: &str) -> Content {
+        Content {
+            value: value.as_bytes().to_vec(),
+            meta: Metadata {
+                content_type: "text/plain".into(),
+                last_modified_us: 1,
+                ..Metadata::default()
+            },
+            deleted: false,
+        }
+    }
+
+    const PUT: WriteOptions = WriteOptions {
+        resolve_by_time: false,
+        repair: false,
+    };
+    const REPAIR: WriteOptions = WriteOptions {
+        resolve_by_time: false,
+        repair: true,
+    };
+
+    fn roots(store: &Store) -> Vec<(TreeId, u64, u64)> {
+        store
+            .aae_trees()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.root, t.keys))
+            .collect()
+    }
+
+    /// Copies every object of `from` into `to` by merge, as repair does.
+    fn copy_all(from: &Store, to: &Store) {
+        for item in from.objects() {
+            let (bucket, key, object) = item.unwrap();
+            to.merge(&bucket, &key, &object, REPAIR).unwrap();
+        }
+    }
+
+    #[test]
+    fn replicas_with_the_same_data_have_the_same_trees_and_differences_are_found() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (ready(da.path()), ready(db.path()));
+        for i in 0..500 {
+            a.put(
+                b"b",
+                format!("k{i}").as_bytes(),
+                &VersionVector::new(),
+                content("v"),
+                PUT,
+            )
+            .unwrap();
+        }
+        copy_all(&a, &b);
+        assert_eq!(roots(&a), roots(&b));
+        assert_eq!(roots(&a).iter().map(|r| r.2).sum::<u64>(), 500);
+
+        // One more write on `a` only: exactly one tree, branch and segment
+        // differ, and the segment listing names the key.
+        let written = a
+            .put(b"b", b"k7", &VersionVector::new(), content("w"), PUT)
+            .unwrap();
+        let (ta, tb) = (a.aae_trees().unwrap(), b.aae_trees().unwrap());
+        let differing: Vec<TreeId> = ta
+            .iter()
+            .zip(&tb)
+            .filter(|(x, y)| x.root != y.root)
+            .map(|(x, _)| x.id)
+            .collect();
+        assert_eq!(differing.len(), 1);
+        let id = differing[0];
+        let branches =
+            merkle::differing(&a.aae_branches(id).unwrap(), &b.aae_branches(id).unwrap());
+        assert_eq!(branches.len(), 1);
+        let (sa, sb) = (
+            a.aae_segment_hashes(id, &branches).unwrap(),
+            b.aae_segment_hashes(id, &branches).unwrap(),
+        );
+        let segments: Vec<u16> = merkle::differing(&sa[0].1, &sb[0].1)
+            .into_iter()
+            .map(|i| merkle::segment_index(branches[0], i))
+            .collect();
+        assert_eq!(segments.len(), 1);
+        let keys = merkle::differing_keys(
+            &a.aae_keys(id, &segments).unwrap(),
+            &b.aae_keys(id, &segments).unwrap(),
+        );
+        assert_eq!(keys, vec![(b"b".to_vec(), b"k7".to_vec())]);
+        b.merge(b"b", b"k7", &written.object, REPAIR).unwrap();
+        assert_eq!(roots(&a), roots(&b));
+    }
+
+    #[test]
+    fn trees_are_rebuilt_equal_after_reopening_and_under_concurrent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ready(dir.path()));
+        for i in 0..2000 {
+            store
+                .put(
+                    b"b",
+                    format!("k{i}").as_bytes(),
+                    &VersionVector::new(),
+                    content("v"),
+                    PUT,
+                )
+                .unwrap();
+        }
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000 {
+                    let key = format!("k{}", i % 3000);
+                    store
+                        .put(
+                            b"b",
+                            key.as_bytes(),
+                            &VersionVector::new(),
+                            content("x"),
+                            PUT,
+                        )
+                        .unwrap();
+                }
+            })
+        };
+        // Rebuild while the writer runs; afterwards the trees must equal a
+        // rebuild with nothing running.
+        store.rebuild_trees().unwrap();
+        writer.join().unwrap();
+        let during = roots(&store);
+        store.rebuild_trees().unwrap();
+        assert_eq!(during, roots(&store));
+        let store = Arc::into_inner(store).unwrap();
+        store.close().unwrap();
+        let reopened = open(dir.path());
+        assert!(!reopened.aae_ready());
+        assert_eq!(reopened.aae_trees(), None);
+        reopened.maintain().unwrap();
+        assert_eq!(during, roots(&reopened));
+    }
+
+    #[test]
+    fn a_damaged_index_is_repaired_by_a_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ready(dir.path());
+        for i in 0..300 {
+            store
+                .put(
+                    b"b",
+                    format!("k{i}").as_bytes(),
+                    &VersionVector::new(),
+                    content("v"),
+                    PUT,
+                )
+                .unwrap();
+        }
+        let before = roots(&store);
+        // Lose a third of the index records, corrupt one, add an orphan.
+        let keys: Vec<Vec<u8>> = store
+            .index
+            .iter()
+            .map(|g| g.key().unwrap().to_vec())
+            .collect();
+        for key in keys.iter().step_by(3) {
+            store.index.remove(key.clone()).unwrap();
+        }
+        store.index.insert(keys[1].clone(), vec![9u8; 3]).unwrap();
+        store
+            .index
+            .insert(
+                aae::index_key(Placement::of(b"b", b"gone", 4), &object_key(b"b", b"gone")),
+                aae::encode_entry(IndexEntry {
+                    n_val: 3,
+                    digest: 1,
+                    size_bytes: 1,
+                }),
+            )
+            .unwrap();
+        store.rebuild_trees().unwrap();
+        assert_ne!(before, roots(&store));
+        store.request_full_verify();
+        let report = store.maintain().unwrap();
+        assert!(report.records_fixed >= 100, "{report:?}");
+        assert_eq!(before, roots(&store));
+    }
+
+    #[test]
+    fn removal_is_compare_and_delete_and_tombstones_are_listed_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ready(dir.path());
+        let live = store
+            .put(b"b", b"live", &VersionVector::new(), content("v"), PUT)
+            .unwrap();
+        let doomed = store
+            .put(b"b", b"doomed", &VersionVector::new(), content("v"), PUT)
+            .unwrap();
+        let deleted = store
+            .delete(b"b", b"doomed", &doomed.object.version, PUT)
+            .unwrap();
+        assert_eq!(store.tombstone_count().unwrap(), 1);
+        let (old, _) = store.tombstones_before(u64::MAX, None, 10).unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].1, b"doomed");
+        let (young, _) = store.tombstones_before(1, None, 10).unwrap();
+        assert!(young.is_empty());
+
+        // A stale digest removes nothing.
+        let stale = merkle::object_digest(&doomed.object);
+        assert!(!store.remove_if_unchanged(b"b", b"doomed", stale).unwrap());
+        let digest = merkle::object_digest(&deleted.object);
+        assert!(store.remove_if_unchanged(b"b", b"doomed", digest).unwrap());
+        assert_eq!(store.get(b"b", b"doomed").unwrap(), None);
+        assert_eq!(store.tombstone_count().unwrap(), 0);
+        let trees = store.aae_trees().unwrap();
+        assert_eq!(trees.iter().map(|t| t.keys).sum::<u64>(), 1);
+
+        // A write after the delete makes the key live again and unlists it.
+        let dead = store
+            .delete(b"b", b"live", &live.object.version, PUT)
+            .unwrap();
+        assert_eq!(store.tombstone_count().unwrap(), 1);
+        store
+            .put(b"b", b"live", &dead.object.version, content("again"), PUT)
+            .unwrap();
+        assert_eq!(store.tombstone_count().unwrap(), 0);
+        // Rebuilding from the index gives the same trees as the updates did.
+        let incremental = roots(&store);
+        store.rebuild_trees().unwrap();
+        assert_eq!(incremental, roots(&store));
+    }
+
+    #[test]
+    fn reaping_removes_only_what_the_tombstone_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ready(dir.path());
+        let v1 = store
+            .put(b"b", b"k", &VersionVector::new(), content("v1"), PUT)
+            .unwrap();
+        let tomb = store.delete(b"b", b"k", &v1.object.version, PUT).unwrap();
+        // A stale hint (the old value) and a hint of a later write.
+        store.put_hint(7, b"b", b"k", &v1.object).unwrap();
+        let later = store
+            .put(b"b", b"other", &VersionVector::new(), content("x"), PUT)
+            .unwrap();
+        store.put_hint(8, b"b", b"k", &later.object).unwrap();
+        // A live value is not a tombstone and cannot be reaped.
+        assert!(store.reap(b"b", b"k", &v1.object, &[7]).is_err());
+        assert!(store.reap(b"b", b"k", &tomb.object, &[7, 8, 9]).unwrap());
+        assert_eq!(store.get(b"b", b"k").unwrap(), None);
+        assert_eq!(store.hint(7, b"b", b"k").unwrap(), None);
+        assert!(store.hint(8, b"b", b"k").unwrap().is_some());
+        assert_eq!(store.hint_count(), 1);
+        // A copy that has seen a write the tombstone has not stays.
+        let again = store
+            .put(b"b", b"k", &VersionVector::new(), content("again"), PUT)
+            .unwrap();
+        let tomb2 = store
+            .delete(b"b", b"k", &again.object.version, PUT)
+            .unwrap();
+        let newer = store
+            .put(b"b", b"k", &tomb2.object.version, content("newer"), PUT)
+            .unwrap();
+        assert!(!store.reap(b"b", b"k", &tomb2.object, &[]).unwrap());
+        assert_eq!(store.get(b"b", b"k").unwrap(), Some(newer.object));
+    }
+
+    #[test]
+    fn keys_move_trees_when_n_val_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ready(dir.path());
+        for i in 0..100 {
+            store
+                .put(
+                    b"five",
+                    format!("k{i}").as_bytes(),
+                    &VersionVector::new(),
+                    content("v"),
+                    PUT,
+                )
+                .unwrap();
+        }
+        assert!(roots(&store).iter().all(|r| r.0.n_val == 3));
+        let props = BucketProps {
+            n_val: 5,
+            ..BucketProps::default()
+        };
+        store.set_bucket_props(b"five", &props).unwrap();
+        let report = store.maintain().unwrap();
+        assert_eq!(report.records_fixed, 100);
+        let trees = roots(&store);
+        assert!(trees.iter().all(|r| r.0.n_val == 5), "{trees:?}");
+        assert_eq!(trees.iter().map(|r| r.2).sum::<u64>(), 100);
+        // Paging through one tree's keys sees each of its keys once.
+        let id = trees[0].0;
+        let mut seen = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let (page, next) = store.aae_tree_keys(id, cursor.as_deref(), 3).unwrap();
+            seen.extend(page.into_iter().map(|k| k.key));
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len() as u64, trees[0].2);
+    }
+
+    #[test]
+    fn the_partition_count_is_fixed_for_a_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let err = Store::open(StoreConfig {
+            partition_count: 32,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidConfig(_)), "{err}");
+        assert!(
+            Store::open(StoreConfig {
+                partition_count: 48,
+                ..StoreConfig::new(tempfile::tempdir().unwrap().path())
+            })
+            .is_err()
+        );
+    }
+}
