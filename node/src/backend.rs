@@ -19,9 +19,12 @@ use serde_json::{Value, json};
 use storage::{BucketProps, Content, ContextKey, Object};
 use tracing::error;
 
+use crate::aae::AaeStats;
 use crate::coordinator::Coordinator;
 use crate::handoff::HandoffStats;
 use crate::metrics::{Metrics, outcome};
+use crate::reaper::ReaperStats;
+use membership::RingState;
 
 /// Keys per chunk of a streamed listing.
 const LIST_CHUNK_KEYS: usize = 1000;
@@ -33,6 +36,8 @@ pub struct NodeBackend {
     context_key: ContextKey,
     node_name: String,
     handoff: Arc<HandoffStats>,
+    aae: Arc<AaeStats>,
+    reaper: Arc<ReaperStats>,
     metrics: Metrics,
 }
 
@@ -43,15 +48,196 @@ impl NodeBackend {
         context_key: ContextKey,
         node_name: String,
         handoff: Arc<HandoffStats>,
+        aae: Arc<AaeStats>,
+        reaper: Arc<ReaperStats>,
     ) -> NodeBackend {
-        let metrics = Metrics::new(coordinator.clone(), handoff.clone());
+        let metrics = Metrics::new(
+            coordinator.clone(),
+            handoff.clone(),
+            aae.clone(),
+            reaper.clone(),
+        );
         NodeBackend {
             coordinator,
             context_key,
             node_name,
             handoff,
+            aae,
+            reaper,
             metrics,
         }
+    }
+
+    /// `GET /admin/aae`: every tree this node holds, its role in the ring
+    /// and its last exchange, with the anti-entropy and reaping counters.
+    async fn aae_json(&self) -> Value {
+        let store = self.coordinator.store().clone();
+        let (trees, tombstones) = tokio::task::spawn_blocking(move || {
+            (store.aae_trees(), store.tombstone_count().unwrap_or(0))
+        })
+        .await
+        .unwrap_or((None, 0));
+        let view = self.coordinator.view();
+        let records = self.aae.records();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let role = |id: storage::TreeId| {
+            let list = |ring: &crate::ring::Ring| {
+                let n = u32::from(id.n_val).min(ring.members().len() as u32) as usize;
+                ring.preference_list(id.partition, n)
+                    .iter()
+                    .any(|&(_, node)| node == view.local)
+            };
+            match (list(&view.ring), list(&view.future)) {
+                (true, true) => "replica",
+                (true, false) => "moving_out",
+                (false, true) => "moving_in",
+                (false, false) => "leftover",
+            }
+        };
+        let tree_list: Vec<Value> = trees
+            .iter()
+            .flatten()
+            .map(|t| {
+                json!({
+                    "partition": t.id.partition,
+                    "n_val": t.id.n_val,
+                    "root": format!("{:016x}", t.root),
+                    "keys": t.keys,
+                    "size_bytes": t.size_bytes,
+                    "role": role(t.id),
+                    "last_exchange": records.get(&t.id),
+                })
+            })
+            .collect();
+        json!({
+            "enabled": self.aae.enabled.load(Ordering::Relaxed),
+            "ready": trees.is_some(),
+            "builds": self.coordinator.store().aae_builds(),
+            "ring_state": crate::cluster::ring_name(self.coordinator.cluster().ring_state()),
+            "rounds": load(&self.aae.rounds),
+            "exchanges_total": load(&self.aae.exchanges),
+            "failures_total": load(&self.aae.failures),
+            "keys_differing_total": load(&self.aae.keys_differing),
+            "keys_repaired_total": load(&self.aae.keys_repaired),
+            "keys_handed_off_total": load(&self.aae.keys_handed_off),
+            "bytes_sent_total": load(&self.aae.bytes_sent),
+            "bytes_received_total": load(&self.aae.bytes_received),
+            "transfers_pending": load(&self.aae.transfers_pending),
+            "keys": trees.iter().flatten().map(|t| t.keys).sum::<u64>(),
+            "size_bytes": trees.iter().flatten().map(|t| t.size_bytes).sum::<u64>(),
+            "tombstones": tombstones,
+            "reaped_total": load(&self.reaper.reaped),
+            "reap_deferred_total": load(&self.reaper.deferred),
+            "trees": tree_list,
+        })
+    }
+
+    /// `POST /admin/leave`: start handing this node's partitions to the
+    /// other members; the node stops once they hold everything.
+    async fn leave(&self) -> AdminResponse {
+        let view = self.coordinator.view();
+        match self.coordinator.cluster().ring_state() {
+            RingState::Member => {}
+            RingState::Leaving => {
+                return AdminResponse::json(
+                    StatusCode::ACCEPTED,
+                    &json!({ "ring_state": "leaving", "note": "already leaving" }),
+                );
+            }
+            other => {
+                return AdminResponse::text(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "this node is {}, not a member: only a member can leave\n",
+                        crate::cluster::ring_name(other)
+                    ),
+                );
+            }
+        }
+        if view.future.members().iter().all(|m| m.id == view.local) {
+            return AdminResponse::text(
+                StatusCode::CONFLICT,
+                "this is the only member: there is nobody to hand its data to\n",
+            );
+        }
+        if let Err(err) = crate::aae::set_ring_state(&self.coordinator, RingState::Leaving).await {
+            return AdminResponse::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("could not start leaving: {err}\n"),
+            );
+        }
+        AdminResponse::json(
+            StatusCode::ACCEPTED,
+            &json!({
+                "ring_state": "leaving",
+                "note": "handing partitions to the remaining members; the node stops when they hold everything (see /admin/aae)",
+            }),
+        )
+    }
+
+    /// `POST /admin/remove?node=ID[&force=true]`: take a node that is gone
+    /// for good out of the ring; the others re-replicate its data.
+    async fn remove(&self, query: Option<&str>) -> AdminResponse {
+        let params = query_params(query);
+        let Some(wanted) = params.get("node") else {
+            return AdminResponse::text(
+                StatusCode::BAD_REQUEST,
+                "the node query parameter is required (its id, or its HTTP address)\n",
+            );
+        };
+        let force = params.get("force").is_some_and(|v| v == "true");
+        let view = self.coordinator.view();
+        let Some(member) = view.members.values().find(|m| {
+            format!("{:032x}", m.id.0) == *wanted
+                || format!("{:x}", m.id.0) == *wanted
+                || m.meta.http_addr == *wanted
+        }) else {
+            return AdminResponse::text(
+                StatusCode::NOT_FOUND,
+                format!("no member {wanted:?} is known to this node\n"),
+            );
+        };
+        let id = member.id.0;
+        if id == view.local {
+            return AdminResponse::text(
+                StatusCode::CONFLICT,
+                "a node cannot remove itself: use leave\n",
+            );
+        }
+        if member.state == membership::MemberState::Alive && !force {
+            return AdminResponse::text(
+                StatusCode::CONFLICT,
+                "that node is alive: make it leave (starling admin leave) so it hands its data over, \
+                 or add force=true to drop it anyway\n",
+            );
+        }
+        let coordinator = self.coordinator.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || coordinator.add_removed(&[id])).await
+        {
+            return AdminResponse::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"));
+        }
+        // Tell every alive member now rather than by gossip.
+        let removed = self.coordinator.removed();
+        let deadline = Instant::now() + self.coordinator.config().request_timeout;
+        for m in view.members.values() {
+            if m.id.0 == view.local || m.state != membership::MemberState::Alive {
+                continue;
+            }
+            let request = crate::rpc::Request::Removed {
+                ids: removed.clone(),
+            };
+            let _ = self
+                .coordinator
+                .call(view.local, m.id.0, Some(m.meta.addr), request, deadline)
+                .await;
+        }
+        AdminResponse::json(
+            StatusCode::OK,
+            &json!({
+                "removed": format!("{id:032x}"),
+                "note": "the remaining members re-replicate its partitions (see /admin/aae)",
+            }),
+        )
     }
 
     /// Flushes the store to disk; called after the HTTP server drained.
@@ -125,19 +311,7 @@ impl NodeBackend {
     /// `GET /admin/local?bucket=b&key=k`: this node's own copy of a key,
     /// without asking any other replica (for operators and tests).
     async fn local_json(&self, query: Option<&str>) -> AdminResponse {
-        let params: std::collections::HashMap<String, String> = query
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| {
-                let decode = |s: &str| {
-                    percent_encoding::percent_decode_str(s)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                };
-                (decode(k), decode(v))
-            })
-            .collect();
+        let params = query_params(query);
         let (Some(bucket), Some(key)) = (params.get("bucket"), params.get("key")) else {
             return AdminResponse::text(
                 StatusCode::BAD_REQUEST,
@@ -153,6 +327,22 @@ impl NodeBackend {
             Err(err) => AdminResponse::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
         }
     }
+}
+
+fn query_params(query: Option<&str>) -> std::collections::HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 fn object_json(object: &Object) -> Value {
@@ -324,11 +514,19 @@ impl Backend for NodeBackend {
             "/admin/ring",
             "/admin/hints",
             "/admin/local",
+            "/admin/aae",
         ];
         if views.contains(&path) && req.method != http::Method::GET {
             return AdminResponse::text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only GET is allowed here\n",
+            );
+        }
+        let actions = ["/admin/leave", "/admin/remove"];
+        if actions.contains(&path) && req.method != http::Method::POST {
+            return AdminResponse::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only POST is allowed here\n",
             );
         }
         if path == "/metrics" {
@@ -347,6 +545,9 @@ impl Backend for NodeBackend {
             "/admin/ring" => AdminResponse::json(StatusCode::OK, &self.ring_json()),
             "/admin/hints" => AdminResponse::json(StatusCode::OK, &self.hints_json().await),
             "/admin/local" => self.local_json(req.query.as_deref()).await,
+            "/admin/aae" => AdminResponse::json(StatusCode::OK, &self.aae_json().await),
+            "/admin/leave" => self.leave().await,
+            "/admin/remove" => self.remove(req.query.as_deref()).await,
             _ => AdminResponse::not_found(&req),
         }
     }

@@ -61,6 +61,8 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     /// SWIM tunables.
     pub swim: membership::Config,
+    /// Ring state to announce at start (persisted by the node).
+    pub ring_state: RingState,
 }
 
 /// A member as the rest of the node sees it.
@@ -94,7 +96,8 @@ pub fn state_name(state: MemberState) -> &'static str {
     }
 }
 
-fn ring_name(ring: RingState) -> &'static str {
+/// The admin name of a ring state.
+pub fn ring_name(ring: RingState) -> &'static str {
     match ring {
         RingState::Joining => "joining",
         RingState::Member => "member",
@@ -117,6 +120,7 @@ pub struct RpcRequest {
 #[derive(Debug)]
 enum Command {
     Leave(oneshot::Sender<()>),
+    SetRing(RingState, oneshot::Sender<()>),
 }
 
 /// Counters of the membership layer, for metrics.
@@ -153,7 +157,7 @@ impl Cluster {
             addr: config.advertise,
             http_addr: config.http_addr.clone(),
             zone: config.zone.clone(),
-            ring: RingState::Member,
+            ring: config.ring_state,
         };
         let swim = Swim::new(
             config.swim.clone(),
@@ -229,6 +233,28 @@ impl Cluster {
                 local: m.id == self.local_id,
             })
             .collect()
+    }
+
+    /// This node's ring state as it announces it.
+    pub fn ring_state(&self) -> RingState {
+        self.members
+            .read()
+            .get(&self.local_id)
+            .map_or(RingState::Joining, |m| m.meta.ring)
+    }
+
+    /// Announces a new ring state for this node (with a higher incarnation)
+    /// and returns once the state machine took it.
+    pub async fn set_ring_state(&self, ring: RingState) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::SetRing(ring, done))
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
     }
 
     /// Announces a graceful leave and waits until it has been gossiped (or
@@ -344,6 +370,16 @@ impl Driver {
                             .collect();
                         self.swim.join(now, &live);
                         leaving = Some((done, Instant::now() + LEAVE_DRAIN_MAX));
+                    }
+                    Some(Command::SetRing(ring, done)) => {
+                        let now = self.now();
+                        let meta = Meta { ring, ..self.swim.local().meta.clone() };
+                        match self.swim.set_meta(now, meta) {
+                            Ok(()) => info!(ring = ring_name(ring), "ring state announced"),
+                            Err(err) => warn!(%err, "could not announce the ring state"),
+                        }
+                        self.publish();
+                        let _ = done.send(());
                     }
                     None => return,
                 },

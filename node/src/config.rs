@@ -17,8 +17,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use storage::{Limits, SyncPolicy};
 
+use crate::aae::AaeConfig;
 use crate::coordinator::ReplicationConfig;
 use crate::handoff::HandoffConfig;
+use crate::reaper::{DeleteMode, ReaperConfig};
 
 /// Default HTTP port, Riak's.
 pub const DEFAULT_HTTP_PORT: u16 = 8098;
@@ -101,6 +103,20 @@ pub struct RawConfig {
     /// Default deadline of a client request, in milliseconds.
     #[arg(long, env = "STARLING_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Compare Merkle trees with the other replicas and repair differences
+    /// (`true` by default; tests turn it off to see one mechanism at a
+    /// time). Ownership transfer on join and leave runs regardless.
+    #[arg(long, env = "STARLING_ANTI_ENTROPY")]
+    pub anti_entropy: Option<bool>,
+    /// Milliseconds between two anti-entropy rounds (each compares every
+    /// tree's root with every peer; only differing trees are descended).
+    #[arg(long, env = "STARLING_AAE_INTERVAL_MS")]
+    pub aae_interval_ms: Option<u64>,
+    /// When tombstones are reaped: `keep` (never), or a grace period in
+    /// milliseconds after every replica holds the tombstone. At least the
+    /// request timeout plus 1000 ms.
+    #[arg(long, env = "STARLING_DELETE_MODE")]
+    pub delete_mode: Option<String>,
 }
 
 impl RawConfig {
@@ -133,6 +149,9 @@ impl RawConfig {
             read_repair: over.read_repair.or(self.read_repair),
             hinted_handoff: over.hinted_handoff.or(self.hinted_handoff),
             request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
+            anti_entropy: over.anti_entropy.or(self.anti_entropy),
+            aae_interval_ms: over.aae_interval_ms.or(self.aae_interval_ms),
+            delete_mode: over.delete_mode.or(self.delete_mode),
         }
     }
 }
@@ -181,6 +200,10 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// Hinted hand-off settings.
     pub handoff: HandoffConfig,
+    /// Anti-entropy and ownership transfer settings.
+    pub aae: AaeConfig,
+    /// Tombstone reaping settings.
+    pub reaper: ReaperConfig,
 }
 
 /// Shortest cluster secret accepted: a guessable secret lets an outsider
@@ -300,9 +323,48 @@ impl Config {
             enabled: raw.hinted_handoff.unwrap_or(true),
             ..HandoffConfig::default()
         };
+        let aae_interval_ms = raw.aae_interval_ms.unwrap_or(5_000);
+        if !(100..=3_600_000).contains(&aae_interval_ms) {
+            bail!("aae_interval_ms must be between 100 and 3600000, got {aae_interval_ms}");
+        }
+        let aae = AaeConfig {
+            enabled: raw.anti_entropy.unwrap_or(true),
+            interval: Duration::from_millis(aae_interval_ms),
+            ..AaeConfig::default()
+        };
+        // Copies in flight when the reaper checked (a slow write, a read
+        // repair) arrive within a request deadline plus the repair window;
+        // a shorter grace could let one bring a reaped key back.
+        let grace_ms_min = request_timeout_ms + replication.read_repair_window.as_millis() as u64;
+        let delete_mode = match raw.delete_mode.as_deref().map(str::trim) {
+            None => DeleteMode::After(
+                crate::reaper::DEFAULT_GRACE.max(Duration::from_millis(grace_ms_min)),
+            ),
+            Some("keep") => DeleteMode::Keep,
+            Some(ms) => {
+                let ms: u64 = ms.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "delete_mode must be \"keep\" or a number of milliseconds, got {ms:?}"
+                    )
+                })?;
+                if ms < grace_ms_min {
+                    bail!(
+                        "delete_mode {ms} ms is shorter than request_timeout_ms plus the read repair \
+                         window ({grace_ms_min} ms): a copy still in flight could bring a reaped key back"
+                    );
+                }
+                DeleteMode::After(Duration::from_millis(ms))
+            }
+        };
+        let reaper = ReaperConfig {
+            delete_mode,
+            ..ReaperConfig::default()
+        };
         Ok(Config {
             replication,
             handoff,
+            aae,
+            reaper,
             cluster_name,
             cluster_listen,
             cluster_advertise,
@@ -354,6 +416,9 @@ mod tests {
             "cluster_secret = \"short\"",
             "log_format = \"xml\"",
             "unknown_field = 1",
+            "delete_mode = \"soon\"",
+            "delete_mode = \"500\"",
+            "aae_interval_ms = 5",
         ] {
             let parsed = toml::from_str::<RawConfig>(toml_text)
                 .map_err(anyhow::Error::from)

@@ -75,8 +75,12 @@ impl Default for ReplicationConfig {
 /// A snapshot of who owns what and who answers.
 #[derive(Debug)]
 pub struct View {
-    /// The ring of the current member set.
+    /// The ring of the current member set: members in ring state `member`
+    /// or `leaving`. Requests follow it.
     pub ring: Arc<Ring>,
+    /// The ring once every pending change is done: members in ring state
+    /// `joining` or `member`. Ownership transfer fills it.
+    pub future: Arc<Ring>,
     /// Every known member by id.
     pub members: HashMap<u128, Member>,
     /// This node's id.
@@ -106,6 +110,15 @@ impl View {
     }
 }
 
+/// Bytes one RPC moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes of the request.
+    pub sent_bytes: u64,
+    /// Bytes of the answer.
+    pub received_bytes: u64,
+}
+
 /// One replica's outcome in a fan-out.
 struct Reply {
     node: u128,
@@ -119,12 +132,29 @@ pub struct Coordinator {
     store: Arc<Store>,
     cluster: Cluster,
     config: ReplicationConfig,
-    ring_cache: Mutex<Option<(Vec<RingMember>, Arc<Ring>)>>,
+    ring_cache: Mutex<RingCache>,
     next_request_id: AtomicU64,
+    /// Nodes an operator removed from the cluster for good: in neither ring
+    /// whatever they announce. Grows only; persisted and gossiped.
+    removed: parking_lot::RwLock<std::collections::BTreeSet<u128>>,
 }
 
-fn is_ring_member(m: &Member) -> bool {
+/// The last rings computed, by the member lists they came from.
+#[derive(Debug, Default)]
+struct RingCache {
+    current: Option<(Vec<RingMember>, Arc<Ring>)>,
+    future: Option<(Vec<RingMember>, Arc<Ring>)>,
+}
+
+/// Store record of the nodes removed from the cluster.
+const META_REMOVED: &str = "removed";
+
+fn in_current_ring(m: &Member) -> bool {
     matches!(m.meta.ring, RingState::Member | RingState::Leaving)
+}
+
+fn in_future_ring(m: &Member) -> bool {
+    matches!(m.meta.ring, RingState::Joining | RingState::Member)
 }
 
 fn quorum_error(needed: u32, replied: u32, what: &str) -> BackendError {
@@ -167,13 +197,45 @@ fn refusal(kind: ErrorKind, message: String) -> BackendError {
 impl Coordinator {
     /// A coordinator over the local store and cluster.
     pub fn new(store: Arc<Store>, cluster: Cluster, config: ReplicationConfig) -> Coordinator {
+        let removed = match store.cluster_meta(META_REMOVED) {
+            Ok(Some(bytes)) => postcard::from_bytes::<Vec<u128>>(&bytes).unwrap_or_else(|err| {
+                warn!(%err, "the record of removed nodes does not decode; starting empty");
+                Vec::new()
+            }),
+            Ok(None) => Vec::new(),
+            Err(err) => {
+                warn!(%err, "could not read the record of removed nodes");
+                Vec::new()
+            }
+        };
         Coordinator {
             store,
             cluster,
             config,
-            ring_cache: Mutex::new(None),
+            ring_cache: Mutex::new(RingCache::default()),
             next_request_id: AtomicU64::new(1),
+            removed: parking_lot::RwLock::new(removed.into_iter().collect()),
         }
+    }
+
+    /// The nodes removed from the cluster for good.
+    pub fn removed(&self) -> Vec<u128> {
+        self.removed.read().iter().copied().collect()
+    }
+
+    /// Adds nodes to the removed set and persists it (blocking: fsyncs).
+    /// Returns whether anything was new.
+    pub fn add_removed(&self, ids: &[u128]) -> Result<bool, StoreError> {
+        let mut removed = self.removed.write();
+        let before = removed.len();
+        removed.extend(ids.iter().copied());
+        if removed.len() == before {
+            return Ok(false);
+        }
+        let list: Vec<u128> = removed.iter().copied().collect();
+        let bytes = postcard::to_stdvec(&list).expect("encoding into memory cannot fail");
+        self.store.set_cluster_meta(META_REMOVED, &bytes)?;
+        Ok(true)
     }
 
     /// The local store.
@@ -200,29 +262,42 @@ impl Coordinator {
             .into_iter()
             .map(|m| (m.id.0, m))
             .collect();
-        let mut ring_members: Vec<RingMember> = members
-            .values()
-            .filter(|m| is_ring_member(m))
-            .map(|m| RingMember {
-                id: m.id.0,
-                zone: m.meta.zone.clone(),
-            })
-            .collect();
-        ring_members.sort();
-        let mut cache = self.ring_cache.lock();
-        let ring = match cache.as_ref() {
-            Some((cached, ring)) if *cached == ring_members => ring.clone(),
-            _ => {
-                let ring = Arc::new(
-                    Ring::new(self.config.partition_count, &ring_members)
-                        .expect("partition count was validated at start"),
-                );
-                *cache = Some((ring_members, ring.clone()));
-                ring
-            }
+        let removed = self.removed.read();
+        let ring_members = |keep: fn(&Member) -> bool| {
+            let mut list: Vec<RingMember> = members
+                .values()
+                .filter(|m| keep(m) && !removed.contains(&m.id.0))
+                .map(|m| RingMember {
+                    id: m.id.0,
+                    zone: m.meta.zone.clone(),
+                })
+                .collect();
+            list.sort();
+            list
         };
+        let (current, future) = (ring_members(in_current_ring), ring_members(in_future_ring));
+        drop(removed);
+        let partition_count = self.config.partition_count;
+        let cached =
+            |slot: &mut Option<(Vec<RingMember>, Arc<Ring>)>, list: Vec<RingMember>| match slot
+                .as_ref()
+            {
+                Some((cached, ring)) if *cached == list => ring.clone(),
+                _ => {
+                    let ring = Arc::new(
+                        Ring::new(partition_count, &list)
+                            .expect("partition count was validated at start"),
+                    );
+                    *slot = Some((list, ring.clone()));
+                    ring
+                }
+            };
+        let mut cache = self.ring_cache.lock();
+        let ring = cached(&mut cache.current, current);
+        let future = cached(&mut cache.future, future);
         View {
             ring,
+            future,
             members,
             local,
         }
@@ -242,13 +317,34 @@ impl Coordinator {
         request: Request,
         deadline: Instant,
     ) -> Result<Response, String> {
+        self.call_counted(view_local, node, addr, request, deadline)
+            .await
+            .0
+    }
+
+    /// [`Coordinator::call`], also saying how many bytes went each way (0
+    /// for a request served locally).
+    pub async fn call_counted(
+        self: &Arc<Self>,
+        view_local: u128,
+        node: u128,
+        addr: Option<std::net::SocketAddr>,
+        request: Request,
+        deadline: Instant,
+    ) -> (Result<Response, String>, Traffic) {
         if node == view_local {
             let this = self.clone();
-            return tokio::task::spawn_blocking(move || this.execute(request))
+            let result = tokio::task::spawn_blocking(move || this.execute(request))
                 .await
                 .map_err(|e| format!("local replica task failed: {e}"));
+            return (result, Traffic::default());
         }
-        let addr = addr.ok_or_else(|| format!("no address for node {node:032x}"))?;
+        let Some(addr) = addr else {
+            return (
+                Err(format!("no address for node {node:032x}")),
+                Traffic::default(),
+            );
+        };
         let budget = deadline.saturating_duration_since(Instant::now());
         let envelope = Envelope {
             format: rpc::RPC_FORMAT,
@@ -259,13 +355,19 @@ impl Coordinator {
         let mut bytes = Vec::with_capacity(256);
         bytes.push(TAG_RPC);
         bytes.extend_from_slice(&rpc::encode(&envelope));
-        let answer = self
-            .cluster
-            .transport()
-            .request(addr, &bytes, budget)
-            .await
-            .map_err(|e| e.to_string())?;
-        rpc::decode_response(&answer).map_err(|e| e.to_string())
+        let mut traffic = Traffic {
+            sent_bytes: bytes.len() as u64,
+            received_bytes: 0,
+        };
+        let answer = match self.cluster.transport().request(addr, &bytes, budget).await {
+            Ok(answer) => answer,
+            Err(err) => return (Err(err.to_string()), traffic),
+        };
+        traffic.received_bytes = answer.len() as u64;
+        (
+            rpc::decode_response(&answer).map_err(|e| e.to_string()),
+            traffic,
+        )
     }
 
     /// Carries out a replica request against the local store (blocking).
@@ -329,6 +431,82 @@ impl Coordinator {
             Request::List {
                 bucket: Some(bucket),
             } => self.store.list_keys(&bucket).map(Response::Names),
+            Request::AaeRoots => {
+                Ok(Response::Roots(self.store.aae_trees().map(|trees| {
+                    trees.into_iter().map(|t| (t.id, t.root, t.keys)).collect()
+                })))
+            }
+            Request::AaeBranches { tree } => Ok(Response::Hashes(self.store.aae_branches(tree))),
+            Request::AaeSegments { tree, branches } => Ok(Response::SegmentHashes(
+                self.store.aae_segment_hashes(tree, &branches),
+            )),
+            Request::AaeKeys { tree, segments } => self
+                .store
+                .aae_keys(tree, &segments)
+                .map(|keys| Response::KeyDigests(keys, None)),
+            Request::TreeKeys { tree, after, limit } => self
+                .store
+                .aae_tree_keys(tree, after.as_deref(), limit.clamp(1, 10_000) as usize)
+                .map(|(keys, next)| Response::KeyDigests(keys, next)),
+            Request::GetMany { keys } => keys
+                .iter()
+                .map(|(bucket, key)| self.store.get(bucket, key))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Response::Objects),
+            Request::MergeMany { objects, apply } => {
+                let opts = WriteOptions {
+                    resolve_by_time: apply.resolve_by_time,
+                    repair: true,
+                };
+                let mut durable = true;
+                let count = objects.len() as u32;
+                objects
+                    .iter()
+                    .try_for_each(|(bucket, key, object)| {
+                        let written = self.store.merge(bucket, key, object, opts)?;
+                        durable &= written.durable;
+                        Ok(())
+                    })
+                    .and_then(|()| {
+                        if apply.sync && !durable {
+                            self.store.sync_all()?;
+                            durable = true;
+                        }
+                        Ok(Response::Merged { count, durable })
+                    })
+            }
+            Request::Holdings { keys } => keys
+                .iter()
+                .map(|(bucket, key, owners)| {
+                    let copy = self.store.get(bucket, key)?;
+                    let hints = owners
+                        .iter()
+                        .filter_map(|&owner| self.store.hint(owner, bucket, key).transpose())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((copy, hints))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+                .map(Response::Holdings),
+            Request::Reap { keys } => keys
+                .iter()
+                .map(|(bucket, key, tombstone, owners)| {
+                    self.store.reap(bucket, key, tombstone, owners)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Response::Removed),
+            Request::Versions { keys } => keys
+                .iter()
+                .map(|(bucket, key)| Ok(self.store.get(bucket, key)?.map(|o| o.version)))
+                .collect::<Result<Vec<_>, StoreError>>()
+                .map(Response::Versions),
+            Request::Removed { ids } => self
+                .add_removed(&ids)
+                .map(|_| Response::RemovedIds(self.removed())),
+            Request::RemoveIfUnchanged { keys } => keys
+                .iter()
+                .map(|(bucket, key, digest)| self.store.remove_if_unchanged(bucket, key, *digest))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Response::Removed),
         };
         result.unwrap_or_else(|err| {
             let (kind, message) = store_error(err);

@@ -36,12 +36,16 @@ pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
         };
         nodes.push(crate::server::start(Config::from_raw(raw)?).await?);
     }
-    // Wait (bounded) until every node sees all three alive before telling
+    // Wait (bounded) until every node sees all three alive and owning
+    // partitions (the joining ones fill their share first) before telling
     // the user the cluster is ready.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        let alive = nodes.iter().map(|n| n.alive_members()).min().unwrap_or(0);
-        if alive == usize::from(DEV_NODES) {
+    while started.elapsed() < Duration::from_secs(30) {
+        let ready = nodes.iter().all(|n| {
+            n.alive_members() == usize::from(DEV_NODES)
+                && n.ring_members() == usize::from(DEV_NODES)
+        });
+        if ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

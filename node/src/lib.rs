@@ -5,6 +5,7 @@
 //! `storage`, the HTTP surface in `http-api`; the node decides where requests
 //! go and how long they may take.
 
+pub mod aae;
 pub mod admin;
 pub mod backend;
 pub mod cluster;
@@ -14,6 +15,7 @@ pub mod dev;
 pub mod handoff;
 pub mod logging;
 pub mod metrics;
+pub mod reaper;
 pub mod ring;
 pub mod rpc;
 pub mod server;

@@ -22,8 +22,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::aae::AaeStats;
 use crate::coordinator::Coordinator;
 use crate::handoff::HandoffStats;
+use crate::reaper::ReaperStats;
 
 /// Labels of a request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,7 +67,12 @@ pub fn outcome<T>(result: &Result<T, BackendError>) -> &'static str {
 impl Metrics {
     /// Registers every metric; `coordinator` and `handoff` are read at each
     /// scrape.
-    pub fn new(coordinator: Arc<Coordinator>, handoff: Arc<HandoffStats>) -> Metrics {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        handoff: Arc<HandoffStats>,
+        aae: Arc<AaeStats>,
+        reaper: Arc<ReaperStats>,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("starling");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -105,6 +112,8 @@ impl Metrics {
         registry.register_collector(Box::new(NodeCollector {
             coordinator,
             handoff,
+            aae,
+            reaper,
         }));
         Metrics {
             registry,
@@ -154,6 +163,8 @@ impl Metrics {
 struct NodeCollector {
     coordinator: Arc<Coordinator>,
     handoff: Arc<HandoffStats>,
+    aae: Arc<AaeStats>,
+    reaper: Arc<ReaperStats>,
 }
 
 fn counter(
@@ -269,6 +280,77 @@ impl Collector for NodeCollector {
             "hint_deliveries_failed",
             "Hand-off attempts that failed",
             self.handoff.failed.load(Ordering::Relaxed),
+        )?;
+
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let aae = &self.aae;
+        for (name, help, value) in [
+            (
+                "aae_exchanges",
+                "Anti-entropy exchanges completed",
+                load(&aae.exchanges),
+            ),
+            (
+                "aae_failures",
+                "Anti-entropy exchanges or transfers that failed",
+                load(&aae.failures),
+            ),
+            (
+                "aae_keys_differing",
+                "Keys anti-entropy found different between replicas",
+                load(&aae.keys_differing),
+            ),
+            (
+                "aae_keys_repaired",
+                "Copies anti-entropy or ownership transfer wrote",
+                load(&aae.keys_repaired),
+            ),
+            (
+                "aae_keys_handed_off",
+                "Keys removed here after their new owners took them",
+                load(&aae.keys_handed_off),
+            ),
+            (
+                "aae_sent_bytes",
+                "Bytes of anti-entropy requests sent",
+                load(&aae.bytes_sent),
+            ),
+            (
+                "aae_received_bytes",
+                "Bytes of anti-entropy answers received",
+                load(&aae.bytes_received),
+            ),
+            (
+                "tombstones_reaped",
+                "Tombstones removed from every replica",
+                load(&self.reaper.reaped),
+            ),
+            (
+                "tombstones_reap_deferred",
+                "Tombstones old enough but not yet safe to reap",
+                load(&self.reaper.deferred),
+            ),
+        ] {
+            counter(&mut encoder, name, help, value)?;
+        }
+        gauge(
+            &mut encoder,
+            "aae_transfers_pending",
+            "Trees this node still has to fill, push or hand off",
+            load(&aae.transfers_pending) as i64,
+        )?;
+        let trees = self.coordinator.store().aae_trees();
+        gauge(
+            &mut encoder,
+            "aae_trees",
+            "Merkle trees this node holds (-1 while they are being built)",
+            trees.as_ref().map_or(-1, |t| t.len() as i64),
+        )?;
+        gauge(
+            &mut encoder,
+            "storage_keys",
+            "Keys stored on this node, tombstones included",
+            trees.iter().flatten().map(|t| t.keys).sum::<u64>() as i64,
         )?;
 
         let view = self.coordinator.view();

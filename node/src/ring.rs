@@ -16,7 +16,8 @@
 //! a join moves on average 1.1x to 1.7x the ideal Q/(n+1) for 3 to 9 members at
 //! Q = 64, and 1.3x at Q = 1024 for up to 32 members. With few partitions per
 //! member (Q = 64 and 30 members is two each) moves grow, so choose Q of at
-//! least 16 per member you expect. A key belongs to partition `xxh3(bucket, key) >> (64 - log2 Q)`; its
+//! least 16 per member you expect. A key belongs to partition
+//! `storage::merkle::key_hash(bucket, key) >> (64 - log2 Q)`; its
 //! preference list is the first N distinct members found walking from that
 //! partition to its successors, preferring members of zones not yet used.
 //!
@@ -189,19 +190,14 @@ impl Ring {
     }
 }
 
-/// The partition of `bucket`/`key` in a ring of `partition_count` partitions.
+/// The partition of `bucket`/`key` in a ring of `partition_count` partitions:
+/// the top bits of storage's key hash, so ring partitions and the stores'
+/// Merkle tree partitions are the same.
 pub fn partition_of(partition_count: u32, bucket: &[u8], key: &[u8]) -> u32 {
-    let mut bytes = Vec::with_capacity(bucket.len() + key.len() + 4);
-    bytes.extend_from_slice(&(bucket.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(bucket);
-    bytes.extend_from_slice(key);
-    let hash = xxh3_64(&bytes);
-    let bits = partition_count.trailing_zeros();
-    if bits == 0 {
-        0
-    } else {
-        (hash >> (64 - bits)) as u32
-    }
+    storage::merkle::partition_of_hash(
+        storage::merkle::key_hash(bucket, key),
+        partition_count.trailing_zeros(),
+    )
 }
 
 fn weight(partition: u32, member: u128) -> u64 {

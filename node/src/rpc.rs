@@ -8,7 +8,7 @@
 //! peers are checked with `Object::is_well_formed` before use.
 
 use serde::{Deserialize, Serialize};
-use storage::{BucketProps, Content, Object, VersionVector};
+use storage::{BucketProps, Content, KeyDigest, Object, TreeId, VersionVector};
 
 /// Format version of the envelope; a peer speaking another is refused.
 pub const RPC_FORMAT: u8 = 1;
@@ -98,6 +98,76 @@ pub enum Request {
         /// Bucket to list, or `None` for the bucket names.
         bucket: Option<Vec<u8>>,
     },
+    /// Anti-entropy: the roots of every tree this node holds.
+    AaeRoots,
+    /// Anti-entropy: the branch hashes of one tree.
+    AaeBranches {
+        /// Which tree.
+        tree: TreeId,
+    },
+    /// Anti-entropy: the segment hashes under some branches of a tree.
+    AaeSegments {
+        /// Which tree.
+        tree: TreeId,
+        /// Branch indices.
+        branches: Vec<u16>,
+    },
+    /// Anti-entropy: the keys and digests of some segments of a tree.
+    AaeKeys {
+        /// Which tree.
+        tree: TreeId,
+        /// Segment indices.
+        segments: Vec<u16>,
+    },
+    /// Ownership transfer: a page of every key of one tree.
+    TreeKeys {
+        /// Which tree.
+        tree: TreeId,
+        /// Cursor from the previous page.
+        after: Option<Vec<u8>>,
+        /// Most keys to return.
+        limit: u32,
+    },
+    /// Read several local copies at once.
+    GetMany {
+        /// `(bucket, key)` pairs.
+        keys: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Merge several copies at once (anti-entropy repair, transfer).
+    MergeMany {
+        /// `(bucket, key, copy)` triples.
+        objects: Vec<(Vec<u8>, Vec<u8>, Object)>,
+        /// Options.
+        apply: Apply,
+    },
+    /// Reaping: this node's copies of some keys and the hints it holds for
+    /// them on behalf of `owners`.
+    Holdings {
+        /// `(bucket, key, hint owners)` triples.
+        keys: Vec<(Vec<u8>, Vec<u8>, Vec<u128>)>,
+    },
+    /// Reaping: remove the copy and the hints (for the given owners) of each
+    /// key wherever the tombstone given covers them.
+    Reap {
+        /// `(bucket, key, tombstone, hint owners)`.
+        keys: Vec<(Vec<u8>, Vec<u8>, Object, Vec<u128>)>,
+    },
+    /// Hand-off: the version of this node's copy of each key.
+    Versions {
+        /// `(bucket, key)` pairs.
+        keys: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Cluster metadata: the nodes the sender knows were removed; the
+    /// receiver adds them to its own set and answers with its whole set.
+    Removed {
+        /// Node ids.
+        ids: Vec<u128>,
+    },
+    /// Hand-off: remove each key whose copy still has the given digest.
+    RemoveIfUnchanged {
+        /// `(bucket, key, digest)` triples.
+        keys: Vec<(Vec<u8>, Vec<u8>, u64)>,
+    },
 }
 
 /// A replica's answer.
@@ -116,6 +186,33 @@ pub enum Response {
     Names(Vec<Vec<u8>>),
     /// Done.
     Done,
+    /// Tree roots as `(tree, root, keys)`; `None` while this node's trees
+    /// are still being built.
+    Roots(Option<Vec<(TreeId, u64, u64)>>),
+    /// Hashes of one tree level; `None` while building.
+    Hashes(Option<Vec<u64>>),
+    /// Segment hashes per branch; `None` while building.
+    SegmentHashes(Option<Vec<(u16, Vec<u64>)>>),
+    /// Keys with digests, and the cursor of the next page if any.
+    KeyDigests(Vec<KeyDigest>, Option<Vec<u8>>),
+    /// Local copies, in request order.
+    Objects(Vec<Option<Object>>),
+    /// A batch was merged: how many copies, and whether fsynced.
+    Merged {
+        /// Copies merged.
+        count: u32,
+        /// Fsynced before answering.
+        durable: bool,
+    },
+    /// Per key, in request order: the stored copy and the hints held for
+    /// any owner.
+    Holdings(Vec<(Option<Object>, Vec<Object>)>),
+    /// Per key, in request order: whether it was removed.
+    Removed(Vec<bool>),
+    /// Per key, in request order: the version of the local copy.
+    Versions(Vec<Option<VersionVector>>),
+    /// Every node this node knows was removed.
+    RemovedIds(Vec<u128>),
     /// The replica could not do it.
     Error {
         /// What kind of failure, for the coordinator's mapping.
@@ -169,6 +266,8 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     }
     let well_formed = match &envelope.request {
         Request::Merge { object, .. } | Request::Hint { object, .. } => object.is_well_formed(),
+        Request::MergeMany { objects, .. } => objects.iter().all(|(_, _, o)| o.is_well_formed()),
+        Request::Reap { keys } => keys.iter().all(|(_, _, o, _)| o.is_well_formed()),
         _ => true,
     };
     if !well_formed {
@@ -184,6 +283,10 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         Response::Object(Some(object)) | Response::Written { object, .. } => {
             object.is_well_formed()
         }
+        Response::Objects(objects) => objects.iter().flatten().all(Object::is_well_formed),
+        Response::Holdings(holdings) => holdings
+            .iter()
+            .all(|(o, hints)| o.iter().chain(hints).all(Object::is_well_formed)),
         _ => true,
     };
     if !well_formed {

@@ -20,13 +20,15 @@ use tracing::{info, warn};
 
 use std::time::Duration;
 
-use membership::NodeId;
+use membership::{NodeId, RingState};
 
+use crate::aae::{self, AaeStats};
 use crate::backend::NodeBackend;
 use crate::cluster::{Cluster, ClusterConfig, RpcRequest};
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::handoff::{self, HandoffStats};
+use crate::reaper::{self, ReaperStats};
 use crate::tls::ClusterTls;
 use crate::transport::{Transport, TransportConfig};
 
@@ -41,6 +43,8 @@ pub struct RunningNode {
     pub http_addr: SocketAddr,
     cluster: Cluster,
     shutdown: oneshot::Sender<()>,
+    /// Notified when an operator's leave has moved every key elsewhere.
+    left: Arc<tokio::sync::Notify>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -64,6 +68,21 @@ impl RunningNode {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("node task panicked")?
     }
+
+    /// Members this node sees in ring state `member`, itself included.
+    pub fn ring_members(&self) -> usize {
+        self.cluster
+            .members()
+            .iter()
+            .filter(|m| m.meta.ring == RingState::Member)
+            .count()
+    }
+
+    /// Completes once a leave (`starling admin leave`) has handed every key
+    /// to the remaining members; the node should then stop.
+    pub async fn left(&self) {
+        self.left.notified().await;
+    }
 }
 
 /// Opens the store and starts serving; returns once the node accepts requests.
@@ -79,17 +98,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         sync: config.sync,
         limits: config.limits.clone(),
         node_id: None,
+        partition_count: config.replication.partition_count,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .context("store open panicked")?
         .context("opening the store")?;
     let identity = store.identity();
+    let ring_state = initial_ring_state(&store, &config)?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
-    let (cluster, rpcs) = start_cluster(&config, &secret, identity.node_id, http_addr).await?;
+    let (cluster, rpcs) =
+        start_cluster(&config, &secret, identity.node_id, http_addr, ring_state).await?;
     let coordinator = Arc::new(Coordinator::new(
         Arc::new(store),
         cluster.clone(),
@@ -102,11 +124,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         config.handoff.clone(),
         handoff_stats.clone(),
     ));
+    let aae_stats = Arc::new(AaeStats::default());
+    let reaper_stats = Arc::new(ReaperStats::default());
+    let left = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(aae::run(
+        coordinator.clone(),
+        config.aae.clone(),
+        aae_stats.clone(),
+        left.clone(),
+    ));
+    tokio::spawn(reaper::run(
+        coordinator.clone(),
+        config.reaper.clone(),
+        reaper_stats.clone(),
+    ));
     let backend = Arc::new(NodeBackend::new(
         coordinator,
         ContextKey::derive(secret.as_bytes()),
         config.node_name.clone(),
         handoff_stats,
+        aae_stats,
+        reaper_stats,
     ));
     info!(
         node = %config.node_name,
@@ -149,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         http_addr,
         cluster: node_cluster,
         shutdown,
+        left,
         task,
     })
 }
@@ -159,6 +198,7 @@ async fn start_cluster(
     secret: &str,
     node_id: u64,
     http_addr: SocketAddr,
+    ring_state: RingState,
 ) -> anyhow::Result<(Cluster, tokio::sync::mpsc::Receiver<RpcRequest>)> {
     let tls = ClusterTls::from_secret(&config.cluster_name, secret)?;
     let swim = membership::Config {
@@ -196,6 +236,7 @@ async fn start_cluster(
         zone: config.zone.clone(),
         seeds: config.join.clone(),
         swim,
+        ring_state,
     };
     info!(cluster = %config.cluster_name, listen = %bound, %advertise, seeds = ?config.join, "cluster endpoint up");
     Cluster::start(
@@ -204,6 +245,38 @@ async fn start_cluster(
         transport,
         inbound,
     )
+}
+
+/// This node's ring state: as persisted, or for a new data directory
+/// `member` when it starts a cluster (no seeds) and `joining` when it joins
+/// one. A node that left or was removed cannot come back with its old data.
+fn initial_ring_state(store: &Store, config: &Config) -> anyhow::Result<RingState> {
+    let persisted = store
+        .cluster_meta(aae::META_RING_STATE)
+        .context("reading the ring state")?;
+    let state = match persisted.as_deref() {
+        Some([byte]) => aae::ring_state_from_byte(*byte)
+            .with_context(|| format!("unknown persisted ring state {byte}"))?,
+        Some(other) => anyhow::bail!("malformed persisted ring state {other:?}"),
+        None => {
+            let state = if config.join.is_empty() {
+                RingState::Member
+            } else {
+                RingState::Joining
+            };
+            store
+                .set_cluster_meta(aae::META_RING_STATE, &[aae::ring_state_byte(state)])
+                .context("persisting the ring state")?;
+            state
+        }
+    };
+    if state == RingState::Removed {
+        anyhow::bail!(
+            "this node left or was removed from its cluster and owns nothing; \
+             to run it again, start it with an empty data directory"
+        );
+    }
+    Ok(state)
 }
 
 /// Resolves `host:port` to one address; port 0 means "the bound port".
@@ -223,9 +296,14 @@ async fn resolve_one(addr: &str, bound_port: u16) -> anyhow::Result<SocketAddr> 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut node = start(config).await?;
+    let left = node.left.clone();
     tokio::select! {
         () = shutdown => {
             info!("shutdown requested; finishing in-flight requests");
+            node.stop().await
+        }
+        () = left.notified() => {
+            info!("left the cluster: every key is with the remaining members; stopping");
             node.stop().await
         }
         result = node.wait() => result,

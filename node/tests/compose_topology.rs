@@ -670,6 +670,8 @@ impl Reproduction {
     }
 
     /// The members `service` reports, as (http address, state).
+    /// `(http address, liveness/ring state)` of every member `service` sees,
+    /// e.g. `alive/member`.
     fn members(&self, service: &str) -> Vec<(String, String)> {
         let (status, body) = self.http(service, "GET", "/admin/members", None);
         if status != 200 {
@@ -683,7 +685,11 @@ impl Reproduction {
                     .map(|m| {
                         (
                             m["http_addr"].as_str().unwrap_or("").to_owned(),
-                            m["state"].as_str().unwrap_or("").to_owned(),
+                            format!(
+                                "{}/{}",
+                                m["state"].as_str().unwrap_or(""),
+                                m["ring_state"].as_str().unwrap_or("")
+                            ),
                         )
                     })
                     .collect()
@@ -803,14 +809,14 @@ fn compose_topology_forms_a_cluster_and_replicates_in_network_namespaces() {
         );
     }
 
-    // Every node sees all five alive, under the names the compose file
-    // advertises.
+    // Every node sees all five alive and owning partitions, under the names
+    // the compose file advertises.
     let advertised: BTreeSet<String> = services
         .iter()
         .map(|s| cluster.envs[s]["STARLING_HTTP_ADVERTISE"].clone())
         .collect();
     let took = wait_until(
-        "every node to see all five alive",
+        "every node to see all five alive and in the ring",
         Duration::from_secs(30),
         || {
             cluster.assert_running();
@@ -818,7 +824,7 @@ fn compose_topology_forms_a_cluster_and_replicates_in_network_namespaces() {
                 let alive: BTreeSet<String> = cluster
                     .members(s)
                     .into_iter()
-                    .filter(|(_, state)| state == "alive")
+                    .filter(|(_, state)| state == "alive/member")
                     .map(|(http, _)| http)
                     .collect();
                 alive == advertised
@@ -954,7 +960,7 @@ fn a_wrong_seed_name_in_the_compose_file_keeps_the_nodes_apart() {
     for service in &services {
         let members = cluster.members(service);
         assert_eq!(members.len(), 1, "{service}: {members:?}");
-        assert_eq!(members[0].1, "alive");
+        assert!(members[0].1.starts_with("alive/"), "{service}: {members:?}");
     }
 }
 

@@ -76,7 +76,11 @@ fn a_write_through_one_node_is_read_through_another_and_held_by_all_three() {
 fn writes_while_a_node_is_down_reach_it_by_hinted_handoff_alone() {
     let dir = tempfile::tempdir().unwrap();
     // Read repair off: only hand-off may bring the node up to date.
-    let mut nodes = cluster(dir.path(), 3, &["--read-repair", "false"]);
+    let mut nodes = cluster(
+        dir.path(),
+        3,
+        &["--read-repair", "false", "--anti-entropy", "false"],
+    );
     nodes[2].kill();
     let down = nodes[2].http;
     wait_down(&[&nodes[0], &nodes[1]], down);
@@ -179,7 +183,11 @@ fn pw_refuses_even_when_fallbacks_are_up() {
 fn a_stale_replica_is_repaired_by_one_read() {
     let dir = tempfile::tempdir().unwrap();
     // Hand-off off: only the read may repair.
-    let mut nodes = cluster(dir.path(), 3, &["--hinted-handoff", "false"]);
+    let mut nodes = cluster(
+        dir.path(),
+        3,
+        &["--hinted-handoff", "false", "--anti-entropy", "false"],
+    );
     let (status, _) = nodes[0].put("rr", "k", "?w=3", "old");
     assert_eq!(status, 204);
     nodes[2].kill();

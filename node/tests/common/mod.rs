@@ -212,6 +212,27 @@ impl NodeProcess {
             .unwrap_or_default()
     }
 
+    /// The ring state of every member this node reports.
+    pub fn ring_states(&self) -> Vec<String> {
+        let Ok(mut r) = agent().get(&self.url("/admin/members")).call() else {
+            return Vec::new();
+        };
+        let value: serde_json::Value = r
+            .body_mut()
+            .read_to_string()
+            .ok()
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default();
+        value["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| m["ring_state"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The state this node reports for the node whose HTTP address is `http`.
     pub fn state_of(&self, http: SocketAddr) -> Option<(String, u64)> {
         let http = http.to_string();
@@ -248,12 +269,13 @@ pub fn cluster(dir: &Path, count: usize, extra_args: &[&str]) -> Vec<NodeProcess
         nodes.push(NodeProcess::start(&dir.join(format!("n{i}")), &args));
     }
     wait_until(
-        "every node to see the whole cluster alive",
-        Duration::from_secs(15),
+        "every node to see the whole cluster alive and owning partitions",
+        Duration::from_secs(30),
         || {
-            nodes
-                .iter()
-                .all(|n| n.members().iter().filter(|(_, s, _)| s == "alive").count() == count)
+            nodes.iter().all(|n| {
+                n.members().iter().filter(|(_, s, _)| s == "alive").count() == count
+                    && n.ring_states().iter().filter(|s| *s == "member").count() == count
+            })
         },
     );
     nodes
