@@ -20,6 +20,23 @@ pub enum AdminCommand {
     Ring,
     /// Hints waiting for unreachable members.
     Hints,
+    /// Anti-entropy: trees held, last exchanges, repairs, transfers,
+    /// tombstones.
+    Aae,
+    /// Make the node `--node` points at leave the cluster: it hands its
+    /// partitions to the others, then stops.
+    Leave,
+    /// Take a node that is gone for good out of the ring (its id, an id
+    /// suffix as `members` shows it, or its HTTP address); the others
+    /// re-replicate its data.
+    Remove {
+        /// The node to remove.
+        node: String,
+        /// Remove it even though it is alive (it then owns nothing and
+        /// hands nothing over; prefer `leave`).
+        #[arg(long)]
+        force: bool,
+    },
     /// Bucket properties.
     Bucket {
         #[command(subcommand)]
@@ -59,6 +76,24 @@ fn fetch(node: &str, path: &str) -> anyhow::Result<Value> {
     let mut response = agent()
         .get(&url)
         .call()
+        .with_context(|| format!("requesting {url}"))?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .context("reading the answer")?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
+}
+
+/// POSTs to `path` on `node` and returns the JSON answer.
+fn post(node: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", node.trim_end_matches('/'));
+    let mut response = agent()
+        .post(&url)
+        .send_empty()
         .with_context(|| format!("requesting {url}"))?;
     let status = response.status();
     let body = response
@@ -162,6 +197,103 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
                 println!(
                     "pending {}, delivered {}, failed deliveries {}",
                     h["pending"], h["delivered_total"], h["failed_total"]
+                );
+            })
+        }
+        AdminCommand::Aae => {
+            let aae = fetch(node, "/admin/aae")?;
+            print_json_or(&aae, json, |a| {
+                let mut rows = vec![
+                    [
+                        "PARTITION",
+                        "N",
+                        "KEYS",
+                        "BYTES",
+                        "ROLE",
+                        "LAST",
+                        "DIFFERING",
+                        "REPAIRED",
+                        "OK",
+                    ]
+                    .map(String::from),
+                ];
+                for t in a["trees"].as_array().into_iter().flatten() {
+                    let last = &t["last_exchange"];
+                    let ago = last["at_unix_ms"].as_u64().map_or("-".to_owned(), |at| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        format!(
+                            "{} {}s ago",
+                            last["kind"].as_str().unwrap_or(""),
+                            now.saturating_sub(at) / 1000
+                        )
+                    });
+                    let or_dash = |v: &Value| {
+                        if v.is_null() {
+                            "-".to_owned()
+                        } else {
+                            v.to_string()
+                        }
+                    };
+                    rows.push([
+                        t["partition"].to_string(),
+                        t["n_val"].to_string(),
+                        t["keys"].to_string(),
+                        t["size_bytes"].to_string(),
+                        t["role"].as_str().unwrap_or("").to_owned(),
+                        ago,
+                        or_dash(&last["keys_differing"]),
+                        or_dash(&last["keys_repaired"]),
+                        or_dash(&last["ok"]),
+                    ]);
+                }
+                print_table(&rows);
+                println!(
+                    "ring state {}; trees {}; keys {}; exchanges {} (failed {}); keys differing {}, repaired {}, \
+                     handed off {}; bytes sent {}, received {}; transfers pending {}; tombstones {} (reaped {})",
+                    a["ring_state"].as_str().unwrap_or("?"),
+                    if a["ready"] == Value::Bool(true) {
+                        a["trees"].as_array().map_or(0, Vec::len).to_string()
+                    } else {
+                        "building".to_owned()
+                    },
+                    a["keys"],
+                    a["exchanges_total"],
+                    a["failures_total"],
+                    a["keys_differing_total"],
+                    a["keys_repaired_total"],
+                    a["keys_handed_off_total"],
+                    a["bytes_sent_total"],
+                    a["bytes_received_total"],
+                    a["transfers_pending"],
+                    a["tombstones"],
+                    a["reaped_total"],
+                );
+            })
+        }
+        AdminCommand::Leave => {
+            let answer = post(node, "/admin/leave")?;
+            print_json_or(&answer, json, |a| {
+                println!("{}", a["note"].as_str().unwrap_or("leaving"));
+            })
+        }
+        AdminCommand::Remove {
+            node: target,
+            force,
+        } => {
+            let encoded =
+                percent_encoding::utf8_percent_encode(target, percent_encoding::NON_ALPHANUMERIC);
+            let path = format!(
+                "/admin/remove?node={encoded}{}",
+                if *force { "&force=true" } else { "" }
+            );
+            let answer = post(node, &path)?;
+            print_json_or(&answer, json, |a| {
+                println!(
+                    "removed {}: {}",
+                    a["removed"].as_str().unwrap_or("?"),
+                    a["note"].as_str().unwrap_or("")
                 );
             })
         }

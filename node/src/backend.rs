@@ -187,15 +187,31 @@ impl NodeBackend {
         };
         let force = params.get("force").is_some_and(|v| v == "true");
         let view = self.coordinator.view();
-        let Some(member) = view.members.values().find(|m| {
-            format!("{:032x}", m.id.0) == *wanted
-                || format!("{:x}", m.id.0) == *wanted
-                || m.meta.http_addr == *wanted
-        }) else {
-            return AdminResponse::text(
-                StatusCode::NOT_FOUND,
-                format!("no member {wanted:?} is known to this node\n"),
-            );
+        // The full id, a suffix of it (what `starling admin members`
+        // shows), or the HTTP address; it must name exactly one member.
+        let wanted_lower = wanted.to_ascii_lowercase();
+        let matching: Vec<&membership::Member> = view
+            .members
+            .values()
+            .filter(|m| {
+                (wanted_lower.len() >= 6 && format!("{:032x}", m.id.0).ends_with(&wanted_lower))
+                    || m.meta.http_addr == *wanted
+            })
+            .collect();
+        let member = match matching.as_slice() {
+            [member] => *member,
+            [] => {
+                return AdminResponse::text(
+                    StatusCode::NOT_FOUND,
+                    format!("no member {wanted:?} is known to this node\n"),
+                );
+            }
+            _ => {
+                return AdminResponse::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{wanted:?} names several members: give more of the id\n"),
+                );
+            }
         };
         let id = member.id.0;
         if id == view.local {
@@ -539,7 +555,20 @@ impl Backend for NodeBackend {
         }
         match path {
             "/admin/members" => {
-                let members = self.coordinator.cluster().member_views();
+                // A member an operator removed shows as removed whatever it
+                // last announced about itself.
+                let removed: Vec<String> = self
+                    .coordinator
+                    .removed()
+                    .iter()
+                    .map(|id| format!("{id:032x}"))
+                    .collect();
+                let mut members = self.coordinator.cluster().member_views();
+                for m in &mut members {
+                    if removed.contains(&m.id) {
+                        m.ring_state = "removed";
+                    }
+                }
                 AdminResponse::json(StatusCode::OK, &json!({ "members": members }))
             }
             "/admin/ring" => AdminResponse::json(StatusCode::OK, &self.ring_json()),

@@ -33,7 +33,7 @@ use storage::{Object, merkle};
 use tracing::{debug, info};
 
 use crate::coordinator::{Coordinator, View};
-use crate::rpc::{Request, Response};
+use crate::rpc::{ReapKey, Request, Response};
 
 /// When tombstones are reaped (Riak's `delete_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ async fn reap(
         }
     }
     drop(asked);
-    let doomed: Vec<(Vec<u8>, Vec<u8>, Object, Vec<u128>)> = candidates
+    let doomed: Vec<ReapKey> = candidates
         .iter()
         .zip(&safe)
         .filter(|(_, s)| **s)

@@ -150,7 +150,7 @@ pub enum Request {
     /// key wherever the tombstone given covers them.
     Reap {
         /// `(bucket, key, tombstone, hint owners)`.
-        keys: Vec<(Vec<u8>, Vec<u8>, Object, Vec<u128>)>,
+        keys: Vec<ReapKey>,
     },
     /// Hand-off: the version of this node's copy of each key.
     Versions {
@@ -169,6 +169,9 @@ pub enum Request {
         keys: Vec<(Vec<u8>, Vec<u8>, u64)>,
     },
 }
+
+/// One key to reap: `(bucket, key, tombstone, hint owners)`.
+pub type ReapKey = (Vec<u8>, Vec<u8>, Object, Vec<u128>);
 
 /// A replica's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]

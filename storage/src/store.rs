@@ -636,6 +636,24 @@ impl Store {
         Ok(out)
     }
 
+    /// A record of the node's own cluster metadata (its ring state, the
+    /// nodes removed from the cluster, ...), stored opaquely under `name`.
+    pub fn cluster_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .meta
+            .get(format!("cluster:{name}"))?
+            .map(|bytes| bytes.to_vec()))
+    }
+
+    /// Stores a cluster metadata record; durable before returning.
+    pub fn set_cluster_meta(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.syncer.check_writable()?;
+        self.meta
+            .insert(format!("cluster:{name}"), bytes.to_vec())?;
+        self.syncer.note_write();
+        self.syncer.sync_now()
+    }
+
     /// Keeps `incoming` as a hint for `owner`, a primary that cannot be
     /// reached: merged into any hint already held for the same owner and
     /// key, durable as the sync policy says, and bounded by

@@ -371,3 +371,162 @@ impl NodeProcess {
         }
     }
 }
+
+impl NodeProcess {
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Whether the process has exited (it then is no longer tracked).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(child) => {
+                if child.try_wait().unwrap().is_some() {
+                    self.child = None;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// GETs a JSON document from this node (`Null` if it does not answer).
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let Ok(mut r) = agent().get(&self.url(path)).call() else {
+            return serde_json::Value::Null;
+        };
+        r.body_mut()
+            .read_to_string()
+            .ok()
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// This node's anti-entropy view (`/admin/aae`).
+    pub fn aae(&self) -> serde_json::Value {
+        self.json("/admin/aae")
+    }
+
+    /// This node's Merkle tree roots, by `(partition, n_val)`; `None` while
+    /// its trees are being built or it does not answer.
+    pub fn roots(&self) -> Option<std::collections::BTreeMap<(u64, u64), String>> {
+        let aae = self.aae();
+        if aae["ready"] != serde_json::Value::Bool(true) {
+            return None;
+        }
+        Some(
+            aae["trees"]
+                .as_array()?
+                .iter()
+                .map(|t| {
+                    (
+                        (
+                            t["partition"].as_u64().unwrap_or(0),
+                            t["n_val"].as_u64().unwrap_or(0),
+                        ),
+                        t["root"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The id this node reports for itself.
+    pub fn id(&self) -> String {
+        let members = self.json("/admin/members");
+        members["members"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["local"] == serde_json::Value::Bool(true))
+            })
+            .and_then(|m| m["id"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// Writes keys `k{i}` for `i` in `keys` of `bucket` with
+/// `value_size_bytes` values through `nodes` (round-robin) from `threads`
+/// client threads; panics on any write that is not acknowledged.
+pub fn load(
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    keys: std::ops::Range<usize>,
+    value_size_bytes: usize,
+    query: &str,
+    threads: usize,
+) {
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let urls = &urls;
+            let keys = keys.clone();
+            scope.spawn(move || {
+                let agent = agent();
+                let mut i = keys.start + t;
+                while i < keys.end {
+                    let value = format!("{i:0width$}", width = value_size_bytes);
+                    let url = format!("{}/buckets/{bucket}/keys/k{i}{query}", urls[i % urls.len()]);
+                    let status = agent
+                        .put(&url)
+                        .header("Content-Type", "text/plain")
+                        .send(&value)
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    assert!(matches!(status, 200 | 204), "PUT {url} answered {status}");
+                    i += threads;
+                }
+            });
+        }
+    });
+}
+
+/// Reads keys `k{i}` for `i` in `keys` of `bucket` through `node` with
+/// `query` from `threads` threads and returns the keys that did not answer
+/// 200 with the value [`load`] wrote.
+pub fn missing(
+    node: &NodeProcess,
+    bucket: &str,
+    keys: std::ops::Range<usize>,
+    value_size_bytes: usize,
+    query: &str,
+    threads: usize,
+) -> Vec<usize> {
+    let base = node.url("");
+    let lost = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (base, lost) = (&base, &lost);
+            let keys = keys.clone();
+            scope.spawn(move || {
+                let agent = agent();
+                let mut i = keys.start + t;
+                while i < keys.end {
+                    let url = format!("{base}/buckets/{bucket}/keys/k{i}{query}");
+                    let expected = format!("{i:0width$}", width = value_size_bytes);
+                    let ok = agent.get(&url).call().is_ok_and(|mut r| {
+                        r.status() == 200
+                            && r.body_mut().read_to_string().is_ok_and(|b| b == expected)
+                    });
+                    if !ok {
+                        lost.lock().unwrap().push(i);
+                    }
+                    i += threads;
+                }
+            });
+        }
+    });
+    let mut lost = lost.into_inner().unwrap();
+    lost.sort_unstable();
+    lost
+}
