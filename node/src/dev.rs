@@ -71,16 +71,41 @@ pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
         urls[0],
     );
     crate::server::shutdown_signal().await;
+    // All three at once: stopped one by one, the last would gossip its
+    // leave to nobody and wait out the drain.
+    let stops: Vec<_> = nodes
+        .into_iter()
+        .map(|node| tokio::spawn(node.stop()))
+        .collect();
     let mut result = Ok(());
-    for node in nodes.into_iter().rev() {
-        if let Err(err) = node.stop().await {
-            result = Err(err);
+    for stop in stops {
+        match stop.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => result = Err(err),
+            Err(err) => result = Err(anyhow::anyhow!("stopping a node panicked: {err}")),
         }
     }
     result
 }
 
-/// The dev cluster's shared secret, created on first use.
+/// The dev cluster's shared secret, created on first use (the nodes are
+/// given it explicitly, so none warns about a secret of its own).
 fn dev_secret(dir: &Path) -> anyhow::Result<String> {
-    crate::server::own_secret(dir)
+    use rand::distr::{Alphanumeric, SampleString};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("cluster_secret");
+    if !path.exists() {
+        let secret = Alphanumeric.sample_string(&mut rand::rng(), 40);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        std::io::Write::write_all(&mut file, secret.as_bytes())?;
+        file.sync_all()?;
+    }
+    let secret = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(secret.trim().to_owned())
 }
