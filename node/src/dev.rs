@@ -105,7 +105,7 @@ fn dev_secret(dir: &Path) -> anyhow::Result<String> {
         std::io::Write::write_all(&mut file, secret.as_bytes())?;
         file.sync_all()?;
     }
-    let secret = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let secret =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(secret.trim().to_owned())
 }

@@ -70,8 +70,12 @@ pub async fn run(coordinator: Arc<Coordinator>, config: HandoffConfig, stats: Ar
             continue;
         };
         let view = coordinator.view();
+        let removed = coordinator.removed();
         for (owner, _count) in owners {
-            if !view.healthy(owner) || owner == view.local {
+            // Hints for a node an operator removed go to the key's current
+            // primaries instead: the owner will never come back for them.
+            let gone = removed.contains(&owner);
+            if !gone && (!view.healthy(owner) || owner == view.local) {
                 continue;
             }
             if backoff
@@ -80,7 +84,7 @@ pub async fn run(coordinator: Arc<Coordinator>, config: HandoffConfig, stats: Ar
             {
                 continue;
             }
-            let ok = deliver(&coordinator, &view, owner, config.batch_size, &stats).await;
+            let ok = deliver(&coordinator, &view, owner, gone, config.batch_size, &stats).await;
             if ok {
                 backoff.remove(&owner);
             } else {
@@ -93,11 +97,14 @@ pub async fn run(coordinator: Arc<Coordinator>, config: HandoffConfig, stats: Ar
     }
 }
 
-/// Delivers one batch to `owner`; false if any delivery failed.
+/// Delivers one batch of `owner`'s hints (to the first healthy current
+/// primary of each key when the owner was removed); false if any delivery
+/// failed.
 async fn deliver(
     coordinator: &Arc<Coordinator>,
     view: &crate::coordinator::View,
     owner: u128,
+    owner_removed: bool,
     batch_size: usize,
     stats: &HandoffStats,
 ) -> bool {
@@ -106,7 +113,6 @@ async fn deliver(
     else {
         return false;
     };
-    let addr = view.members.get(&owner).map(|m| m.meta.addr);
     let deadline = Instant::now() + coordinator.config().request_timeout;
     let mut delivered = 0usize;
     for (bucket, key, object) in batch {
@@ -114,6 +120,23 @@ async fn deliver(
             .props(&bucket.clone().into())
             .await
             .unwrap_or_default();
+        let target = if owner_removed {
+            let partition = view.ring.partition_of(&bucket, &key);
+            let n = view.replicas(props.n_val) as usize;
+            let Some(primary) = view
+                .ring
+                .preference_list(partition, n)
+                .into_iter()
+                .map(|(_, id)| id)
+                .find(|&id| view.healthy(id))
+            else {
+                return false;
+            };
+            primary
+        } else {
+            owner
+        };
+        let addr = view.members.get(&target).map(|m| m.meta.addr);
         let apply = Apply {
             resolve_by_time: props.resolves_by_time(),
             sync: true,
@@ -125,7 +148,7 @@ async fn deliver(
             apply,
         };
         match coordinator
-            .call(view.local, owner, addr, request, deadline)
+            .call(view.local, target, addr, request, deadline)
             .await
         {
             Ok(Response::Written { durable: true, .. }) => {

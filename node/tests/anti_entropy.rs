@@ -404,6 +404,17 @@ fn a_removed_node_s_data_is_replicated_back_to_n() {
                 .any(|(http, state, _)| *http == nodes[3].http.to_string() && state == "dead")
         })
     });
+    // Writes while it is dead leave hints for it on the others.
+    const LATE: usize = 500;
+    load(
+        &rest,
+        "rm",
+        KEYS..KEYS + LATE,
+        VALUE_SIZE_BYTES,
+        "?w=2",
+        CLIENT_THREADS,
+    );
+    assert!(rest.iter().map(|n| n.hints_pending().unwrap()).sum::<u64>() > 0);
     let suffix = &gone[gone.len() - 12..];
     let out = admin(&nodes[0], &["remove", suffix]);
     assert!(out.contains("removed"), "{out}");
@@ -415,9 +426,10 @@ fn a_removed_node_s_data_is_replicated_back_to_n() {
         || {
             ring_of(&rest, 3)
                 && settled(&rest)
-                && rest
-                    .iter()
-                    .all(|n| n.aae()["keys"].as_u64() == Some(KEYS as u64))
+                && rest.iter().all(|n| {
+                    n.aae()["keys"].as_u64() == Some((KEYS + LATE) as u64)
+                        && n.hints_pending() == Some(0)
+                })
         },
     );
     eprintln!(
@@ -427,7 +439,7 @@ fn a_removed_node_s_data_is_replicated_back_to_n() {
     let lost = missing(
         &nodes[0],
         "rm",
-        0..KEYS,
+        0..KEYS + LATE,
         VALUE_SIZE_BYTES,
         "?r=all&notfound_ok=false",
         16,
