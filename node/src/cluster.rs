@@ -141,6 +141,8 @@ pub struct Cluster {
     local_id: NodeId,
     transport: Transport,
     members: Arc<RwLock<BTreeMap<NodeId, Member>>>,
+    /// Bumped every time `members` is republished.
+    generation: Arc<AtomicU64>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -169,6 +171,7 @@ impl Cluster {
         )
         .map_err(|err| anyhow::anyhow!("starting membership: {err}"))?;
         let members = Arc::new(RwLock::new(BTreeMap::new()));
+        let generation = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(ClusterCounters::default());
         let (commands, commands_rx) = mpsc::channel(16);
         let (rpc_tx, rpc_rx) = mpsc::channel(RPC_QUEUE_MAX);
@@ -177,6 +180,7 @@ impl Cluster {
             origin,
             transport: transport.clone(),
             members: members.clone(),
+            generation: generation.clone(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             seeds: config.seeds,
@@ -192,6 +196,7 @@ impl Cluster {
                 local_id,
                 transport,
                 members,
+                generation,
                 commands,
             },
             rpc_rx,
@@ -211,6 +216,12 @@ impl Cluster {
     /// The transport, for replica RPCs.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Changes whenever the member table does: callers may cache what they
+    /// derive from [`Cluster::members`] under it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Every member this node knows of, itself included, sorted by id.
@@ -277,6 +288,7 @@ struct Driver {
     origin: Instant,
     transport: Transport,
     members: Arc<RwLock<BTreeMap<NodeId, Member>>>,
+    generation: Arc<AtomicU64>,
     timers: BinaryHeap<Reverse<(Time, u64, TimerSlot)>>,
     timer_seq: u64,
     seeds: Vec<String>,
@@ -546,6 +558,7 @@ impl Driver {
         let local = self.swim.local().clone();
         view.insert(local.id, local);
         *self.members.write() = view;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 

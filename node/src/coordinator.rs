@@ -133,6 +133,9 @@ pub struct Coordinator {
     cluster: Cluster,
     config: ReplicationConfig,
     ring_cache: Mutex<RingCache>,
+    /// The last view, with the member generation and removed-set size it
+    /// was built from: most requests reuse it.
+    view_cache: Mutex<Option<(u64, usize, Arc<View>)>>,
     next_request_id: AtomicU64,
     /// Nodes an operator removed from the cluster for good: in neither ring
     /// whatever they announce. Grows only; persisted and gossiped.
@@ -213,6 +216,7 @@ impl Coordinator {
             cluster,
             config,
             ring_cache: Mutex::new(RingCache::default()),
+            view_cache: Mutex::new(None),
             next_request_id: AtomicU64::new(1),
             removed: parking_lot::RwLock::new(removed.into_iter().collect()),
         }
@@ -253,8 +257,22 @@ impl Coordinator {
         &self.config
     }
 
-    /// The current ring and liveness.
-    pub fn view(&self) -> View {
+    /// The current ring and liveness (shared until membership changes).
+    pub fn view(&self) -> Arc<View> {
+        let generation = self.cluster.generation();
+        let removed = self.removed.read().len();
+        if let Some((g, r, view)) = self.view_cache.lock().as_ref()
+            && *g == generation
+            && *r == removed
+        {
+            return view.clone();
+        }
+        let view = Arc::new(self.build_view());
+        *self.view_cache.lock() = Some((generation, removed, view.clone()));
+        view
+    }
+
+    fn build_view(&self) -> View {
         let local = self.cluster.local_id().0;
         let members: HashMap<u128, Member> = self
             .cluster
@@ -562,13 +580,11 @@ impl Coordinator {
 
     /// Bucket properties, defaults when unset.
     pub async fn props(&self, bucket: &Bytes) -> Result<BucketProps, BackendError> {
-        let store = self.store.clone();
-        let bucket = bucket.clone();
-        tokio::task::spawn_blocking(move || store.bucket_props(&bucket))
-            .await
-            .map_err(|e| BackendError::Internal(e.to_string()))?
+        // The store keeps every bucket's properties in memory: no blocking.
+        self.store
+            .bucket_props(bucket)
             .map(Option::unwrap_or_default)
-            .map_err(|e| BackendError::Internal(e.to_string()))
+            .map_err(|e| BackendError::BadRequest(e.to_string()))
     }
 
     fn resolve(
@@ -702,7 +718,7 @@ impl Coordinator {
     /// that answered up to the merge of all answers.
     async fn read_repair(
         self: Arc<Self>,
-        view: View,
+        view: Arc<View>,
         bucket: Vec<u8>,
         key: Vec<u8>,
         mut answered: Vec<(u128, Option<Object>)>,

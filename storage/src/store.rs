@@ -157,9 +157,10 @@ pub struct Store {
     trees: Trees,
     /// log2 of the partition count.
     partition_bits: u32,
-    /// `n_val` of every bucket with stored properties; others have the
-    /// default.
-    n_vals: RwLock<HashMap<Vec<u8>, u8>>,
+    /// The properties of every bucket with stored properties (others have
+    /// the defaults), kept in memory: every request reads them. `None`: the
+    /// stored record is corrupt.
+    props_cache: RwLock<HashMap<Vec<u8>, Option<BucketProps>>>,
     /// Buckets whose `n_val` changed and whose index records must move to
     /// other trees ([`Store::maintain`]).
     reindex: Mutex<Vec<Vec<u8>>>,
@@ -237,11 +238,17 @@ impl Store {
         if !index_unverified {
             meta.insert(META_INDEX_VERSION, layout::encode_u64(1))?;
         }
-        let mut n_vals = HashMap::new();
+        let mut props_cache = HashMap::new();
         for guard in props.iter() {
             let (bucket, bytes) = guard.into_inner()?;
-            let p = layout::decode_props(&bucket, &bytes)?;
-            n_vals.insert(bucket.to_vec(), n_val_byte(p.n_val));
+            let props = match layout::decode_props(&bucket, &bytes) {
+                Ok(props) => Some(props),
+                Err(err) => {
+                    tracing::error!(%err, "bucket properties are unreadable until set again");
+                    None
+                }
+            };
+            props_cache.insert(bucket.to_vec(), props);
         }
         let counters = Arc::new(Counters::default());
         let syncer = Syncer::start(db.clone(), config.sync, counters.clone())?;
@@ -266,7 +273,7 @@ impl Store {
             tombstones,
             trees: Trees::default(),
             partition_bits: partition_count.trailing_zeros(),
-            n_vals: RwLock::new(n_vals),
+            props_cache: RwLock::new(props_cache),
             reindex: Mutex::new(Vec::new()),
             index_unverified: std::sync::atomic::AtomicBool::new(index_unverified),
             hint_count: std::sync::atomic::AtomicU64::new(hint_count),
@@ -576,12 +583,19 @@ impl Store {
     }
 
     /// The bucket's stored properties; `None` means defaults apply.
+    ///
+    /// Served from memory (the store keeps every bucket's properties), so it
+    /// never blocks on I/O.
     pub fn bucket_props(&self, bucket: &[u8]) -> Result<Option<BucketProps>, StoreError> {
         self.limits.check_bucket(bucket)?;
-        self.props
-            .get(bucket)?
-            .map(|bytes| layout::decode_props(bucket, &bytes))
-            .transpose()
+        match self.props_cache.read().get(bucket) {
+            None => Ok(None),
+            Some(Some(props)) => Ok(Some(props.clone())),
+            Some(None) => Err(StoreError::Corrupt {
+                record: format!("props {}", escape(bucket)),
+                reason: "the stored record did not decode when the store opened".into(),
+            }),
+        }
     }
 
     /// Validates and stores the bucket's properties; durable (fsynced) before
@@ -593,7 +607,7 @@ impl Store {
         self.props.insert(bucket, layout::encode_props(props))?;
         self.syncer.note_write();
         self.syncer.sync_now()?;
-        self.note_n_val(bucket, Some(n_val_byte(props.n_val)));
+        self.note_props(bucket, Some(props.clone()));
         Ok(())
     }
 
@@ -605,19 +619,19 @@ impl Store {
         self.props.remove(bucket)?;
         self.syncer.note_write();
         self.syncer.sync_now()?;
-        self.note_n_val(bucket, None);
+        self.note_props(bucket, None);
         Ok(())
     }
 
-    /// Records a bucket's `n_val` for the trees; a change queues the
-    /// bucket's keys to move trees in the next [`Store::maintain`].
-    fn note_n_val(&self, bucket: &[u8], n_val: Option<u8>) {
+    /// Records a bucket's properties in memory; an `n_val` change queues
+    /// the bucket's keys to move trees in the next [`Store::maintain`].
+    fn note_props(&self, bucket: &[u8], props: Option<BucketProps>) {
         let before = self.n_val(bucket);
         {
-            let mut n_vals = self.n_vals.write();
-            match n_val {
-                Some(n) => n_vals.insert(bucket.to_vec(), n),
-                None => n_vals.remove(bucket),
+            let mut cache = self.props_cache.write();
+            match props {
+                Some(p) => cache.insert(bucket.to_vec(), Some(p)),
+                None => cache.remove(bucket),
             };
         }
         if self.n_val(bucket) != before {
@@ -907,11 +921,13 @@ impl Store {
 
     /// The `n_val` the trees file `bucket`'s keys under.
     fn n_val(&self, bucket: &[u8]) -> u8 {
-        self.n_vals
-            .read()
-            .get(bucket)
-            .copied()
-            .unwrap_or_else(|| n_val_byte(BucketProps::default().n_val))
+        n_val_byte(
+            self.props_cache
+                .read()
+                .get(bucket)
+                .and_then(Option::as_ref)
+                .map_or(BucketProps::default().n_val, |p| p.n_val),
+        )
     }
 
     /// Makes a new dot ceiling durable before any counter below it leaves.
