@@ -170,8 +170,14 @@ impl Cluster {
             Time::ZERO,
         )
         .map_err(|err| anyhow::anyhow!("starting membership: {err}"))?;
-        let members = Arc::new(RwLock::new(BTreeMap::new()));
-        let generation = Arc::new(AtomicU64::new(0));
+        // The local member is known now: publish it before anyone can ask,
+        // so a request that arrives before the driver first runs still sees
+        // this node (and, alone, a ring).
+        let members = Arc::new(RwLock::new(BTreeMap::from([(
+            local_id,
+            swim.local().clone(),
+        )])));
+        let generation = Arc::new(AtomicU64::new(1));
         let counters = Arc::new(ClusterCounters::default());
         let (commands, commands_rx) = mpsc::channel(16);
         let (rpc_tx, rpc_rx) = mpsc::channel(RPC_QUEUE_MAX);

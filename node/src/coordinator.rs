@@ -133,6 +133,8 @@ pub struct Coordinator {
     cluster: Cluster,
     config: ReplicationConfig,
     ring_cache: Mutex<RingCache>,
+    /// Batching of replica requests per node.
+    lanes: crate::lane::Lanes,
     /// The last view, with the member generation and removed-set size it
     /// was built from: most requests reuse it.
     view_cache: Mutex<Option<(u64, usize, Arc<View>)>>,
@@ -217,6 +219,7 @@ impl Coordinator {
             config,
             ring_cache: Mutex::new(RingCache::default()),
             view_cache: Mutex::new(None),
+            lanes: crate::lane::Lanes::default(),
             next_request_id: AtomicU64::new(1),
             removed: parking_lot::RwLock::new(removed.into_iter().collect()),
         }
@@ -388,9 +391,194 @@ impl Coordinator {
         )
     }
 
+    /// [`Coordinator::call`] through the node's lane for the request's kind
+    /// (see [`crate::lane`]): reads and writes to one node travel in
+    /// batches. Other requests go alone.
+    pub async fn call_batched(
+        self: &Arc<Self>,
+        view_local: u128,
+        node: u128,
+        addr: Option<std::net::SocketAddr>,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response, String> {
+        let Some(kind) = crate::lane::LaneKind::of(&request) else {
+            return self.call(view_local, node, addr, request, deadline).await;
+        };
+        let lane = self.lanes.sender(self, node, kind);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = crate::lane::Queued {
+            request,
+            deadline,
+            reply,
+        };
+        if lane.try_send(queued).is_err() {
+            return Err(format!(
+                "too many requests queued for node {node:032x}; refused"
+            ));
+        }
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the lane stopped".to_owned()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Sends one lane batch to `node` (or runs it here) and hands each
+    /// answer to its caller.
+    pub(crate) async fn send_batch(self: &Arc<Self>, node: u128, batch: Vec<crate::lane::Queued>) {
+        let now = Instant::now();
+        let (live, late): (Vec<_>, Vec<_>) = batch.into_iter().partition(|q| q.deadline > now);
+        for q in late {
+            let _ = q.reply.send(Err("timed out before it was sent".to_owned()));
+        }
+        if live.is_empty() {
+            return;
+        }
+        let deadline = live.iter().map(|q| q.deadline).max().unwrap_or(now);
+        let (requests, replies): (Vec<Request>, Vec<_>) =
+            live.into_iter().map(|q| (q.request, q.reply)).unzip();
+        let view = self.view();
+        let addr = view.members.get(&node).map(|m| m.meta.addr);
+        let count = requests.len();
+        let request = if count == 1 {
+            requests.into_iter().next().expect("one request")
+        } else {
+            Request::Batch(requests)
+        };
+        let answers: Vec<Result<Response, String>> =
+            match self.call(view.local, node, addr, request, deadline).await {
+                Ok(Response::Batch(responses)) if count > 1 && responses.len() == count => {
+                    responses.into_iter().map(Ok).collect()
+                }
+                Ok(response) if count == 1 => vec![Ok(response)],
+                Ok(other) => {
+                    let err = format!("unexpected answer to a batch: {other:?}");
+                    vec![Err(err); count]
+                }
+                Err(err) => vec![Err(err); count],
+            };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Carries out a batch of replica requests: each in order, writes
+    /// without waiting, then one wait for the durability of all of them, so
+    /// the batch shares one fsync.
+    pub fn execute_batch(&self, requests: Vec<Request>) -> Response {
+        enum Staged {
+            Done(Response),
+            Write(storage::Written),
+        }
+        let mut staged = Vec::with_capacity(requests.len());
+        let mut last_seq = None::<u64>;
+        let mut want_sync = false;
+        for request in requests {
+            let write = match request {
+                Request::Put {
+                    bucket,
+                    key,
+                    context,
+                    content,
+                    apply,
+                } => {
+                    let opts = WriteOptions {
+                        resolve_by_time: apply.resolve_by_time,
+                        repair: false,
+                    };
+                    Some((
+                        self.store
+                            .put_deferred(&bucket, &key, &context, content, opts),
+                        apply.sync,
+                    ))
+                }
+                Request::Merge {
+                    bucket,
+                    key,
+                    object,
+                    apply,
+                } => {
+                    let opts = WriteOptions {
+                        resolve_by_time: apply.resolve_by_time,
+                        repair: true,
+                    };
+                    Some((
+                        self.store.merge_deferred(&bucket, &key, &object, opts),
+                        apply.sync,
+                    ))
+                }
+                Request::Hint {
+                    owner,
+                    bucket,
+                    key,
+                    object,
+                    apply,
+                } => Some((
+                    self.store.put_hint_deferred(owner, &bucket, &key, &object),
+                    apply.sync,
+                )),
+                Request::Batch(_) => {
+                    staged.push(Staged::Done(Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: "batches do not nest".to_owned(),
+                    }));
+                    None
+                }
+                other => {
+                    staged.push(Staged::Done(self.execute(other)));
+                    None
+                }
+            };
+            match write {
+                Some((Ok(deferred), sync)) => {
+                    last_seq = Some(last_seq.map_or(deferred.seq, |s| s.max(deferred.seq)));
+                    want_sync |= sync;
+                    staged.push(Staged::Write(deferred.written));
+                }
+                Some((Err(err), _)) => {
+                    let (kind, message) = store_error(err);
+                    staged.push(Staged::Done(Response::Error { kind, message }));
+                }
+                None => {}
+            }
+        }
+        // One wait for every write of the batch; a failure fails them all
+        // (none may be acknowledged after a failed fsync).
+        let durability = match last_seq {
+            None => Ok(false),
+            Some(seq) => self.store.await_durable(seq).and_then(|durable| {
+                if want_sync && !durable {
+                    self.store.sync_all().map(|()| true)
+                } else {
+                    Ok(durable)
+                }
+            }),
+        };
+        Response::Batch(
+            staged
+                .into_iter()
+                .map(|s| match s {
+                    Staged::Done(response) => response,
+                    Staged::Write(written) => match &durability {
+                        Ok(durable) => Response::Written {
+                            object: written.object,
+                            durable: *durable,
+                        },
+                        Err(err) => Response::Error {
+                            kind: ErrorKind::Unavailable,
+                            message: format!("the write could not be made durable: {err}"),
+                        },
+                    },
+                })
+                .collect(),
+        )
+    }
+
     /// Carries out a replica request against the local store (blocking).
     pub fn execute(&self, request: Request) -> Response {
         let result = match request {
+            Request::Batch(requests) => return self.execute_batch(requests),
             Request::Get { bucket, key } => self.store.get(&bucket, &key).map(Response::Object),
             Request::Put {
                 bucket,
@@ -787,7 +975,9 @@ impl Coordinator {
             let local = view.local;
             let request = request(node);
             pending.push(Box::pin(async move {
-                let result = this.call(local, node, addr, request, deadline).await;
+                let result = this
+                    .call_batched(local, node, addr, request, deadline)
+                    .await;
                 Reply {
                     node,
                     primary,
@@ -869,7 +1059,7 @@ impl Coordinator {
         };
         let minted = tokio::time::timeout_at(
             deadline.into(),
-            self.call(view.local, minter, addr, put, deadline),
+            self.call_batched(view.local, minter, addr, put, deadline),
         )
         .await;
         let (object, durable) = match minted {
@@ -922,7 +1112,7 @@ impl Coordinator {
                     apply,
                 };
                 tokio::spawn(async move {
-                    match this.call(local, minter, addr, hint, deadline).await {
+                    match this.call_batched(local, minter, addr, hint, deadline).await {
                         Ok(Response::Written { .. }) => {}
                         other => warn!(
                             owner = format_args!("{primary:032x}"),
@@ -954,7 +1144,9 @@ impl Coordinator {
                 },
             };
             pending.push(Box::pin(async move {
-                let result = this.call(local, node, addr, request, deadline).await;
+                let result = this
+                    .call_batched(local, node, addr, request, deadline)
+                    .await;
                 Reply {
                     node,
                     primary: owner.is_none(),

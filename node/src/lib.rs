@@ -13,6 +13,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dev;
 pub mod handoff;
+pub mod lane;
 pub mod logging;
 pub mod metrics;
 pub mod reaper;

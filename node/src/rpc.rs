@@ -163,6 +163,10 @@ pub enum Request {
         /// Node ids.
         ids: Vec<u128>,
     },
+    /// Several reads or several writes at once (see `crate::lane`): the
+    /// replica carries out each in order, waits once for the durability of
+    /// the writes, and answers with [`Response::Batch`]. Never nested.
+    Batch(Vec<Request>),
     /// Hand-off: remove each key whose copy still has the given digest.
     RemoveIfUnchanged {
         /// `(bucket, key, digest)` triples.
@@ -216,6 +220,8 @@ pub enum Response {
     Versions(Vec<Option<VersionVector>>),
     /// Every node this node knows was removed.
     RemovedIds(Vec<u128>),
+    /// One answer per request of a [`Request::Batch`], in order.
+    Batch(Vec<Response>),
     /// The replica could not do it.
     Error {
         /// What kind of failure, for the coordinator's mapping.
@@ -267,22 +273,37 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if envelope.format != RPC_FORMAT {
         return Err(DecodeError::Format(envelope.format));
     }
-    let well_formed = match &envelope.request {
-        Request::Merge { object, .. } | Request::Hint { object, .. } => object.is_well_formed(),
-        Request::MergeMany { objects, .. } => objects.iter().all(|(_, _, o)| o.is_well_formed()),
-        Request::Reap { keys } => keys.iter().all(|(_, _, o, _)| o.is_well_formed()),
-        _ => true,
-    };
-    if !well_formed {
+    if !request_well_formed(&envelope.request, true) {
         return Err(DecodeError::BadObject);
     }
     Ok(envelope)
 }
 
+/// Whether every object a request carries keeps the dvv invariants (and a
+/// batch holds no batch).
+fn request_well_formed(request: &Request, top_level: bool) -> bool {
+    match request {
+        Request::Merge { object, .. } | Request::Hint { object, .. } => object.is_well_formed(),
+        Request::MergeMany { objects, .. } => objects.iter().all(|(_, _, o)| o.is_well_formed()),
+        Request::Reap { keys } => keys.iter().all(|(_, _, o, _)| o.is_well_formed()),
+        Request::Batch(requests) => {
+            top_level && requests.iter().all(|r| request_well_formed(r, false))
+        }
+        _ => true,
+    }
+}
+
 /// Decodes and checks a response from a peer.
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     let response: Response = postcard::from_bytes(bytes)?;
-    let well_formed = match &response {
+    if !response_well_formed(&response, true) {
+        return Err(DecodeError::BadObject);
+    }
+    Ok(response)
+}
+
+fn response_well_formed(response: &Response, top_level: bool) -> bool {
+    match response {
         Response::Object(Some(object)) | Response::Written { object, .. } => {
             object.is_well_formed()
         }
@@ -290,12 +311,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         Response::Holdings(holdings) => holdings
             .iter()
             .all(|(o, hints)| o.iter().chain(hints).all(Object::is_well_formed)),
+        Response::Batch(responses) => {
+            top_level && responses.iter().all(|r| response_well_formed(r, false))
+        }
         _ => true,
-    };
-    if !well_formed {
-        return Err(DecodeError::BadObject);
     }
-    Ok(response)
 }
 
 #[cfg(test)]

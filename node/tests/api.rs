@@ -23,12 +23,17 @@ fn siblings_are_created_and_resolved_and_deletes_carry_a_context() {
     let agent = agent();
     let url = node.url("/buckets/demo/keys/hello");
 
-    let r = agent
+    let mut r = agent
         .put(&url)
         .header("Content-Type", "text/plain")
         .send("v1")
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.status(),
+        204,
+        "{}",
+        r.body_mut().read_to_string().unwrap_or_default()
+    );
     let r = agent.get(&url).call().unwrap();
     assert_eq!(r.status(), 200);
     let stale = vclock(&r);

@@ -49,6 +49,6 @@ pub use merkle::{KeyDigest, TreeId};
 pub use props::{BucketProps, PropsError, Quorum};
 pub use stats::StoreStats;
 pub use store::{
-    Hint, KeyPage, Keys, MaintenanceReport, Objects, Store, StoreConfig, TreeSummary, WriteOptions,
-    Written,
+    Deferred, Hint, KeyPage, Keys, MaintenanceReport, Objects, Store, StoreConfig, TreeSummary,
+    WriteOptions, Written,
 };

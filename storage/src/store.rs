@@ -127,6 +127,17 @@ pub struct Written {
     pub durable: bool,
 }
 
+/// A write applied and journaled but not yet waited for: see
+/// [`Store::put_deferred`] and [`Store::await_durable`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a deferred write must be awaited before it is acknowledged"]
+pub struct Deferred {
+    /// The outcome, with `durable` still false.
+    pub written: Written,
+    /// The write's commit sequence number, for [`Store::await_durable`].
+    pub seq: u64,
+}
+
 /// A hint as [`Store::hints`] returns it: `(bucket, key, object)`.
 pub type Hint = (Vec<u8>, Vec<u8>, Object);
 
@@ -167,6 +178,9 @@ pub struct Store {
     /// The index may not describe every object (a data directory from
     /// before the index, or a crash in an old version): verify it.
     index_unverified: std::sync::atomic::AtomicBool,
+    /// Reasons (an `n_val` change being moved, a verify running) why
+    /// writes must read index records instead of deriving them.
+    index_exact: std::sync::atomic::AtomicUsize,
     /// Hints stored, kept in memory so the bound is checked without a scan.
     hint_count: std::sync::atomic::AtomicU64,
     identity: Identity,
@@ -276,6 +290,7 @@ impl Store {
             props_cache: RwLock::new(props_cache),
             reindex: Mutex::new(Vec::new()),
             index_unverified: std::sync::atomic::AtomicBool::new(index_unverified),
+            index_exact: std::sync::atomic::AtomicUsize::new(0),
             hint_count: std::sync::atomic::AtomicU64::new(hint_count),
             identity,
             counter: DotCounter::resume(identity.actor(), loaded.dot_ceiling),
@@ -322,9 +337,25 @@ impl Store {
         bucket: &[u8],
         key: &[u8],
         context: &VersionVector,
-        mut content: Content,
+        content: Content,
         opts: WriteOptions,
     ) -> Result<Written, StoreError> {
+        let deferred = self.put_deferred(bucket, key, context, content, opts)?;
+        self.finish(deferred)
+    }
+
+    /// [`Store::put`] without the wait for durability: the write is applied
+    /// (readers see it) and journaled; pass the result to
+    /// [`Store::await_durable`] before acknowledging it. Lets a batch of
+    /// writes share one wait.
+    pub fn put_deferred(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &VersionVector,
+        mut content: Content,
+        opts: WriteOptions,
+    ) -> Result<Deferred, StoreError> {
         self.limits.check_key(bucket, key)?;
         self.syncer.check_writable()?;
         if content.meta.last_modified_us == 0 {
@@ -332,10 +363,12 @@ impl Store {
         }
         let store_key = object_key(bucket, key);
         let guard = self.lock(&store_key);
-        let local = self.read(bucket, key, &store_key)?;
-        let local_version = local.as_ref().map(|l| l.version.clone());
-        let local_deleted = local.as_ref().is_some_and(Object::is_deleted);
-        let mut object = local.unwrap_or_default();
+        let local = self.read_sized(bucket, key, &store_key)?;
+        let local_version = local.as_ref().map(|(l, _)| l.version.clone());
+        let previous = local
+            .as_ref()
+            .map(|(l, size)| (merkle::object_digest(l), *size, l.is_deleted()));
+        let mut object = local.map(|(l, _)| l).unwrap_or_default();
         // A counter at or below what the object or the context already hold
         // for our actor would be a reused dot: mint above both.
         let actor = self.identity.actor();
@@ -363,15 +396,31 @@ impl Store {
         assert!(object.version.covers(&dot) && object.version.descends(context));
         assert!(local_version.is_none_or(|v| object.version.descends(&v)));
         assert!(opts.resolve_by_time || object.siblings.iter().any(|s| s.dot == dot));
-        let was_deleted = local_deleted;
-        let seq = self.write(bucket, key, &store_key, &object, was_deleted, opts)?;
+        let seq = self.write(bucket, key, &store_key, &object, previous, opts)?;
         drop(guard);
-        let durable = self.syncer.commit(seq)?;
         bump(&self.counters.puts);
+        Ok(Deferred {
+            written: Written {
+                object,
+                dot: Some(dot),
+                durable: false,
+            },
+            seq,
+        })
+    }
+
+    /// Waits until `seq` is durable as the sync policy says; returns whether
+    /// it is (always with [`SyncPolicy::Always`]). A failed fsync is an
+    /// error: nothing written before it may be acknowledged.
+    pub fn await_durable(&self, seq: u64) -> Result<bool, StoreError> {
+        self.syncer.commit(seq)
+    }
+
+    fn finish(&self, deferred: Deferred) -> Result<Written, StoreError> {
+        let durable = self.await_durable(deferred.seq)?;
         Ok(Written {
-            object,
-            dot: Some(dot),
             durable,
+            ..deferred.written
         })
     }
 
@@ -400,6 +449,19 @@ impl Store {
         incoming: &Object,
         opts: WriteOptions,
     ) -> Result<Written, StoreError> {
+        let deferred = self.merge_deferred(bucket, key, incoming, opts)?;
+        self.finish(deferred)
+    }
+
+    /// [`Store::merge`] without the wait for durability; see
+    /// [`Store::put_deferred`].
+    pub fn merge_deferred(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+        opts: WriteOptions,
+    ) -> Result<Deferred, StoreError> {
         self.limits.check_key(bucket, key)?;
         self.syncer.check_writable()?;
         if !incoming.is_well_formed() {
@@ -412,7 +474,11 @@ impl Store {
         }
         let store_key = object_key(bucket, key);
         let guard = self.lock(&store_key);
-        let local = self.read(bucket, key, &store_key)?;
+        let local_sized = self.read_sized(bucket, key, &store_key)?;
+        let previous = local_sized
+            .as_ref()
+            .map(|(l, size)| (merkle::object_digest(l), *size, l.is_deleted()));
+        let local = local_sized.map(|(l, _)| l);
         // Our own dots come back to us through merges; one above our counter
         // means our counter fell behind our history (a restored backup).
         if self
@@ -440,16 +506,17 @@ impl Store {
             // fsync: answer durable only once it is.
             self.syncer.written_seq()
         } else {
-            let was_deleted = local.as_ref().is_some_and(Object::is_deleted);
-            self.write(bucket, key, &store_key, &merged, was_deleted, opts)?
+            self.write(bucket, key, &store_key, &merged, previous, opts)?
         };
         drop(guard);
-        let durable = self.syncer.commit(seq)?;
         bump(&self.counters.merges);
-        Ok(Written {
-            object: merged,
-            dot: None,
-            durable,
+        Ok(Deferred {
+            written: Written {
+                object: merged,
+                dot: None,
+                durable: false,
+            },
+            seq,
         })
     }
 
@@ -635,6 +702,9 @@ impl Store {
             };
         }
         if self.n_val(bucket) != before {
+            // Exact until maintenance has moved this bucket's records.
+            self.index_exact
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             self.reindex.lock().push(bucket.to_vec());
         }
     }
@@ -679,6 +749,19 @@ impl Store {
         key: &[u8],
         incoming: &Object,
     ) -> Result<Written, StoreError> {
+        let deferred = self.put_hint_deferred(owner, bucket, key, incoming)?;
+        self.finish(deferred)
+    }
+
+    /// [`Store::put_hint`] without the wait for durability; see
+    /// [`Store::put_deferred`].
+    pub fn put_hint_deferred(
+        &self,
+        owner: u128,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+    ) -> Result<Deferred, StoreError> {
         use std::sync::atomic::Ordering;
         self.limits.check_key(bucket, key)?;
         self.syncer.check_writable()?;
@@ -714,11 +797,13 @@ impl Store {
             seq
         };
         drop(guard);
-        let durable = self.syncer.commit(seq)?;
-        Ok(Written {
-            object: merged,
-            dot: None,
-            durable,
+        Ok(Deferred {
+            written: Written {
+                object: merged,
+                dot: None,
+                durable: false,
+            },
+            seq,
         })
     }
 
@@ -812,26 +897,48 @@ impl Store {
         key: &[u8],
         store_key: &[u8],
     ) -> Result<Option<Object>, StoreError> {
+        Ok(self.read_sized(bucket, key, store_key)?.map(|(o, _)| o))
+    }
+
+    /// [`Store::read`], with the size of the stored record.
+    fn read_sized(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        store_key: &[u8],
+    ) -> Result<Option<(Object, usize)>, StoreError> {
         self.objects
             .get(store_key)?
-            .map(|bytes| decode_object(&object_record_name(bucket, key), &bytes))
+            .map(|bytes| {
+                decode_object(&object_record_name(bucket, key), &bytes).map(|o| (o, bytes.len()))
+            })
             .transpose()
+    }
+
+    /// Whether the index record of a key must be read rather than derived
+    /// from the stored object: while an `n_val` change moves records, or the
+    /// index is being verified.
+    fn index_must_be_read(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.index_exact.load(Ordering::Acquire) > 0
+            || self.index_unverified.load(Ordering::Acquire)
     }
 
     /// Checks the limits, then appends `object` to the journal together with
     /// its index record (and tombstone record), and moves the key in the
     /// trees. Returns the write's commit sequence number. The caller holds
-    /// the key's lock; `was_deleted` says whether the copy it replaces was
-    /// all tombstones.
+    /// the key's lock; `previous` describes the copy it replaces (digest,
+    /// record size, all tombstones), if any.
     fn write(
         &self,
         bucket: &[u8],
         key: &[u8],
         store_key: &[u8],
         object: &Object,
-        was_deleted: bool,
+        previous: Option<(u64, usize, bool)>,
         opts: WriteOptions,
     ) -> Result<u64, StoreError> {
+        let was_deleted = previous.is_some_and(|(_, _, deleted)| deleted);
         let count = object.siblings.len();
         if count > self.limits.siblings_max && !opts.repair {
             bump(&self.counters.sibling_limit_refusals);
@@ -873,7 +980,17 @@ impl Store {
         }
         let placement = Placement::of(bucket, key, self.partition_bits);
         let index_key = aae::index_key(placement, store_key);
-        let old_entry = self.index_entry(&index_key)?;
+        // The index record always describes the stored object, so it need
+        // not be read, except while records move or are being verified.
+        let old_entry = if self.index_must_be_read() {
+            self.index_entry(&index_key)?
+        } else {
+            previous.map(|(digest, size, _)| IndexEntry {
+                n_val: self.n_val(bucket),
+                digest,
+                size_bytes: u32::try_from(size).unwrap_or(u32::MAX),
+            })
+        };
         let new_entry = IndexEntry {
             n_val: self.n_val(bucket),
             digest: merkle::object_digest(object),

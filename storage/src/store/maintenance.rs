@@ -424,14 +424,18 @@ impl Store {
             self.rebuild_trees()?;
             report.trees_built = true;
         }
-        if self.index_unverified.swap(false, Ordering::Relaxed) {
+        if self.index_unverified.load(Ordering::Acquire) {
+            // Writes read index records exactly while the verify runs.
+            self.index_exact.fetch_add(1, Ordering::AcqRel);
+            self.index_unverified.store(false, Ordering::Release);
             let result = self.verify_range(None, &mut report).and_then(|()| {
                 self.meta
                     .insert(META_INDEX_VERSION, layout::encode_u64(1))
                     .map_err(StoreError::from)
             });
+            self.index_exact.fetch_sub(1, Ordering::AcqRel);
             if let Err(err) = result {
-                self.index_unverified.store(true, Ordering::Relaxed);
+                self.index_unverified.store(true, Ordering::Release);
                 return Err(err);
             }
             if report.records_fixed > 0 {
@@ -449,9 +453,11 @@ impl Store {
         let pending: Vec<Vec<u8>> = std::mem::take(&mut *self.reindex.lock());
         for bucket in pending {
             if let Err(err) = self.verify_range(Some(&bucket), &mut report) {
+                // Still counted in `index_exact`; retried next time.
                 self.reindex.lock().push(bucket);
                 return Err(err);
             }
+            self.index_exact.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(report)
     }
