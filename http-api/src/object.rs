@@ -426,7 +426,7 @@ fn client_context<B: Backend>(
 }
 
 /// A write's content, parsed from its headers (the value is added later).
-fn parse_metadata(target: &Target, headers: &HeaderMap) -> Result<Metadata, ApiError> {
+pub fn parse_metadata(target: &Target, headers: &HeaderMap) -> Result<Metadata, ApiError> {
     let Some(raw) = headers.get(CONTENT_TYPE) else {
         return Err(ApiError::bad_request("Missing Content-Type request header"));
     };

@@ -421,37 +421,19 @@ impl Part {
     }
 }
 
-/// Splits a `multipart/mixed` body (RFC 2046) into its parts.
+/// Splits a `multipart/mixed` body into its parts with the crate's own
+/// decoder, lower-casing header names.
 pub fn parse_multipart(content_type: &str, body: &str) -> Vec<Part> {
-    let boundary = content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))
-        .expect("boundary parameter")
-        .trim_matches('"');
-    let delimiter = format!("\r\n--{boundary}");
-    let body = format!("\r\n{}", body.strip_prefix("\r\n").unwrap_or(body));
-    let mut pieces = body.split(&delimiter).skip(1);
-    let mut parts = Vec::new();
-    for piece in pieces.by_ref() {
-        if piece.starts_with("--") {
-            return parts;
-        }
-        let piece = piece.strip_prefix("\r\n").expect("CRLF after the boundary");
-        let (head, body) = piece
-            .split_once("\r\n\r\n")
-            .unwrap_or((piece.trim_end_matches("\r\n"), ""));
-        let headers = head
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line");
-                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
-            })
-            .collect();
-        parts.push(Part {
-            headers,
-            body: body.to_owned(),
-        });
-    }
-    panic!("multipart body without a closing delimiter");
+    http_api::multipart::decode(content_type, body.as_bytes())
+        .unwrap_or_else(|e| panic!("bad multipart body ({e}): {body:?}"))
+        .into_iter()
+        .map(|p| Part {
+            headers: p
+                .headers
+                .into_iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .collect(),
+            body: String::from_utf8(p.body).expect("UTF-8 part body"),
+        })
+        .collect()
 }
