@@ -292,7 +292,10 @@ mod tests {
         let (boundary, body) = encode(&parts);
         let decoded = decode(&format!("multipart/mixed; boundary={boundary}"), &body).unwrap();
         assert_eq!(decoded.len(), 1);
-        assert_eq!(decoded[0].headers, vec![("X-Riak-Meta-a".into(), "ok".into())]);
+        assert_eq!(
+            decoded[0].headers,
+            vec![("X-Riak-Meta-a".into(), "ok".into())]
+        );
         assert_eq!(decoded[0].body, b"v");
     }
 
@@ -302,17 +305,31 @@ mod tests {
         for (body, err) in [
             (&b"no delimiter"[..], MultipartError::NoFirstDelimiter),
             (b"--XyZ\r\nA: b\r\n\r\nbody", MultipartError::Unterminated),
-            (b"--XyZ\r\nno colon\r\n\r\nx\r\n--XyZ--", MultipartError::HeaderLine),
+            (
+                b"--XyZ\r\nno colon\r\n\r\nx\r\n--XyZ--",
+                MultipartError::HeaderLine,
+            ),
             (b"--XyZ junk\r\n\r\nx\r\n--XyZ--", MultipartError::Delimiter),
             (b"--XyZ\r\nA: b", MultipartError::Headers),
         ] {
-            assert_eq!(decode(ct, body), Err(err), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                decode(ct, body),
+                Err(err),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert_eq!(decode("text/plain", b""), Err(MultipartError::Boundary));
-        assert_eq!(decode("multipart/mixed", b""), Err(MultipartError::Boundary));
+        assert_eq!(
+            decode("multipart/mixed", b""),
+            Err(MultipartError::Boundary)
+        );
         assert_eq!(
             decode(ct, b"preamble\r\n--XyZ\r\n\r\nv\r\n--XyZ--\r\nepilogue").unwrap(),
-            vec![OwnedPart { headers: vec![], body: b"v".to_vec() }]
+            vec![OwnedPart {
+                headers: vec![],
+                body: b"v".to_vec()
+            }]
         );
     }
 }

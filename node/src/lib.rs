@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ring;
 pub mod rpc;
+pub mod security;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -38,6 +38,8 @@ pub struct MemoryBackend {
     pub last_get: Mutex<Option<GetRequest>>,
     /// Delay added to every put (to test draining).
     pub put_delay: Mutex<Duration>,
+    /// Puts that reached the backend (counted before the delay).
+    pub puts_started: AtomicU64,
 }
 
 impl MemoryBackend {
@@ -55,6 +57,7 @@ impl MemoryBackend {
             last_put: Mutex::default(),
             last_get: Mutex::default(),
             put_delay: Mutex::new(Duration::ZERO),
+            puts_started: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +154,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn put(&self, req: PutRequest) -> Result<Object, BackendError> {
+        self.puts_started.fetch_add(1, Ordering::SeqCst);
         let delay = *self.put_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
