@@ -614,7 +614,9 @@ pub async fn put<B: Backend>(
             status,
         )
     } else if create {
-        response::empty(StatusCode::CREATED)
+        // An empty body, typed so that clients (and the OpenAPI document's
+        // `201` content) see what it is.
+        response::full(StatusCode::CREATED, response::TEXT_PLAIN, Bytes::new())
     } else {
         response::empty(StatusCode::NO_CONTENT)
     };
