@@ -31,6 +31,21 @@ fn stats(node: &NodeProcess) -> serde_json::Value {
     serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
 }
 
+/// `/stats` over a connection of its own, closed after the answer.
+fn stats_over_fresh_connection(addr: SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
 /// A normal client's round trip: write, read back, measure.
 fn normal_client(node: &NodeProcess, key: &str) -> Duration {
     let started = Instant::now();
@@ -114,6 +129,13 @@ fn connections_beyond_the_limit_get_503_and_the_header_timeout_frees_them() {
             "--http-header-read-timeout-ms",
             "1500",
         ],
+    );
+    // Start from a node that holds no connection but the one asking (the
+    // start-up probe's keep-alive connection may still be open).
+    wait_until(
+        "the node to hold no other connection",
+        Duration::from_secs(10),
+        || stats_over_fresh_connection(node.http)["http_connections_open"] == 1,
     );
     let mut idle: Vec<TcpStream> = (0..50)
         .map(|_| TcpStream::connect(node.http).unwrap())
