@@ -16,13 +16,22 @@
 //! beyond checking a number against `n_val`. `/admin/...` and `/metrics` are
 //! passed through to the backend untouched.
 //!
+//! Client security ([`auth`]): optional TLS (rustls) on the listener and
+//! optional HTTP Basic authentication of users with `read`, `write` and
+//! `admin` grants. Limits ([`limits`]): connections, requests in flight,
+//! header and body sizes, body bytes in memory, and timeouts against slow
+//! clients; overload is answered `503` at once.
+//!
 //! Invariants: bad input from a client is a `4xx` with a message, never a
 //! panic or a dropped connection; the backend only sees buckets and keys that
-//! are non-empty, UTF-8 and within the limits, and contexts that verified.
+//! are non-empty, UTF-8 and within the limits, contexts that verified, and,
+//! with authentication on, requests from users holding the grants they need.
 
+pub mod auth;
 pub mod backend;
 pub mod conditional;
 pub mod error;
+pub mod limits;
 pub mod link;
 pub mod listing;
 pub mod multipart;
@@ -34,6 +43,7 @@ pub mod response;
 pub mod routes;
 pub mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use backend::{
@@ -44,7 +54,8 @@ pub use error::ApiError;
 pub use resources::RIAK_API_LEVEL;
 pub use server::{ServeError, serve};
 
-/// Limits and timeouts of the server. Every field has a production default.
+/// Limits, timeouts and security of the server. Every field has a
+/// production default; TLS and authentication are off by default.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// How long in-flight requests may run after shutdown begins before their
@@ -54,6 +65,11 @@ pub struct ServeConfig {
     /// Riak refuses objects above 50 MiB; so does this default. A declared
     /// larger body is refused with `413` before it is read.
     pub body_size_bytes_max: usize,
+    /// Bytes of request bodies held in memory at once, over all requests
+    /// (each body is buffered whole). A body that does not fit is `503`.
+    /// Should be at least `body_size_bytes_max`, or the largest bodies are
+    /// always refused.
+    pub body_buffer_bytes_max: usize,
     /// Largest bucket name after percent-decoding (`400` above).
     pub bucket_size_bytes_max: usize,
     /// Largest key after percent-decoding (`400` above).
@@ -63,10 +79,28 @@ pub struct ServeConfig {
     /// `key_size_bytes_max` (three bytes per byte in the worst case). At
     /// least 8 KiB (hyper's minimum).
     pub header_size_bytes_max: usize,
-    /// How long a client may take to send a request head.
+    /// Most header lines in a request (`431` above).
+    pub headers_count_max: usize,
+    /// How long a client may take to send a request head, and how long a
+    /// keep-alive connection may stay idle between requests; the connection
+    /// is closed after it. Also bounds the TLS handshake.
     pub header_read_timeout: Duration,
-    /// Connections served at once; more wait in the listen backlog.
+    /// How long a client may take to send a request body (`408` after it).
+    pub body_read_timeout: Duration,
+    /// How long a response write may make no progress (the client does not
+    /// read) before the connection is closed.
+    pub write_timeout: Duration,
+    /// Connections served at once; a connection beyond it is answered `503`
+    /// and closed. Each costs a file descriptor: the node's descriptor
+    /// limit must be above it.
     pub connections_max: usize,
+    /// Requests handled at once over all connections; one beyond it is
+    /// answered `503` at once.
+    pub requests_in_flight_max: usize,
+    /// Serve HTTPS with this configuration instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require credentials (see [`auth`]); `None` serves everyone.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl Default for ServeConfig {
@@ -74,11 +108,18 @@ impl Default for ServeConfig {
         ServeConfig {
             drain_timeout: Duration::from_secs(30),
             body_size_bytes_max: 50 * 1024 * 1024,
+            body_buffer_bytes_max: 512 * 1024 * 1024,
             bucket_size_bytes_max: 65_535,
             key_size_bytes_max: 65_535,
             header_size_bytes_max: 256 * 1024,
-            header_read_timeout: Duration::from_secs(30),
+            headers_count_max: 100,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             connections_max: 4096,
+            requests_in_flight_max: 1024,
+            tls: None,
+            auth: None,
         }
     }
 }

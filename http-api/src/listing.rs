@@ -4,7 +4,7 @@
 //! `true` collects the whole list into one `{"buckets":[...]}` /
 //! `{"keys":[...]}` document; `stream` sends one such document per chunk the
 //! backend produces, as a chunked body, so memory stays bounded by the
-//! backend's chunk size. A backend error in the middle of a stream cuts the
+//! backend's chunk size (an empty listing sends one empty document). A backend error in the middle of a stream cuts the
 //! response short (the chunked body never terminates properly), so a client
 //! cannot mistake a partial list for a complete one. Names that are not UTF-8
 //! (impossible through this API, which refuses them) are shown lossily.
@@ -91,8 +91,18 @@ pub async fn send(
         }
         Mode::Stream => {
             let first = (!head.is_empty()).then(|| Bytes::from(Value::Object(head).to_string()));
-            let chunks = stream::unfold(names, move |mut names| async move {
-                let item = names.recv().await?;
+            // An empty listing still sends one (empty) document, so a
+            // client always gets at least one JSON document.
+            let state = (Some(names), first.is_some());
+            let chunks = stream::unfold(state, move |(names, sent)| async move {
+                let mut names = names?;
+                let Some(item) = names.recv().await else {
+                    if sent {
+                        return None;
+                    }
+                    let empty = json!({ field: Vec::<Value>::new() }).to_string();
+                    return Some((Ok(Frame::data(Bytes::from(empty))), (None, true)));
+                };
                 let frame = match item {
                     Ok(chunk) => {
                         let list: Vec<Value> = chunk
@@ -106,7 +116,7 @@ pub async fn send(
                         Err(BoxError::from(err))
                     }
                 };
-                Some((frame, names))
+                Some((frame, (Some(names), true)))
             });
             let head = stream::iter(first.map(|b| Ok::<_, BoxError>(Frame::data(b))));
             let body = StreamBody::new(futures_util::StreamExt::chain(head, chunks)).boxed_unsync();

@@ -426,7 +426,7 @@ fn client_context<B: Backend>(
 }
 
 /// A write's content, parsed from its headers (the value is added later).
-fn parse_metadata(target: &Target, headers: &HeaderMap) -> Result<Metadata, ApiError> {
+pub fn parse_metadata(target: &Target, headers: &HeaderMap) -> Result<Metadata, ApiError> {
     let Some(raw) = headers.get(CONTENT_TYPE) else {
         return Err(ApiError::bad_request("Missing Content-Type request header"));
     };
@@ -614,7 +614,9 @@ pub async fn put<B: Backend>(
             status,
         )
     } else if create {
-        response::empty(StatusCode::CREATED)
+        // An empty body, typed so that clients (and the OpenAPI document's
+        // `201` content) see what it is.
+        response::full(StatusCode::CREATED, response::TEXT_PLAIN, Bytes::new())
     } else {
         response::empty(StatusCode::NO_CONTENT)
     };

@@ -1,11 +1,16 @@
-//! The HTTP/1.1 server: accepting connections, routing requests to
-//! handlers, bounding bodies, and draining on shutdown.
+//! The HTTP/1.1 server: accepting connections (optionally over TLS),
+//! enforcing the limits, authenticating, routing requests to handlers, and
+//! draining on shutdown.
 //!
 //! Invariants: every request gets a response (a handler error becomes a
 //! `4xx`/`5xx` with a message; a handler panic becomes a `500`, not a dropped
 //! connection); a body above the limit is refused with `413` before it is
-//! read in full; at most `connections_max` connections are served at once
-//! (further clients wait in the listen backlog).
+//! read in full; overload is answered at once, never queued: a connection
+//! beyond `connections_max` gets a `503` and is closed (over TLS it is
+//! closed without an answer, since a handshake is what overload cannot
+//! afford), a request beyond `requests_in_flight_max` or one whose body does
+//! not fit the body budget gets `503` with `Retry-After` (see
+//! [`crate::limits`]).
 //!
 //! Shutdown: when the shutdown future completes the listener is closed, idle
 //! keep-alive connections are closed, and in-flight requests finish, for at
@@ -18,22 +23,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
+use crate::auth;
 use crate::backend::{AdminRequest, Backend};
 use crate::error::ApiError;
+use crate::limits::{BodyBudget, Reservation, StallGuard};
 use crate::object::{self, Target};
 use crate::query::Query;
 use crate::response::{self, ResponseBody};
@@ -56,8 +64,17 @@ pub struct Metrics {
     pub requests_total: AtomicU64,
     /// Requests being handled now.
     pub requests_in_flight: AtomicU64,
+    /// Requests refused with `503` because every request slot or the body
+    /// budget was taken.
+    pub requests_overloaded_total: AtomicU64,
+    /// Requests refused with `401`, `403` or `426`.
+    pub requests_unauthorized_total: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicU64,
+    /// Connections refused because `connections_max` were open.
+    pub connections_refused_total: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures_total: AtomicU64,
     /// Responses by status class.
     pub responses_2xx: AtomicU64,
     /// See `responses_2xx`.
@@ -79,7 +96,21 @@ pub struct State<B> {
     pub metrics: Metrics,
     /// When the server started.
     pub started: Instant,
+    /// Request slots (`requests_in_flight_max`).
+    pub requests: Semaphore,
+    /// Bytes of request bodies held in memory (`body_buffer_bytes_max`).
+    pub body_budget: BodyBudget,
 }
+
+/// At most this many refused connections are being answered at once; past
+/// it, a refused connection is closed without an answer.
+const REFUSALS_MAX: usize = 256;
+/// How long a refused connection is given to take its `503`.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The answer to a connection beyond `connections_max`.
+const OVERLOADED_CONNECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\n\
+Content-Length: 45\r\n\r\ntoo many connections to this node; retry later\n";
 
 /// Serves the Riak-compatible HTTP API on `listener` until `shutdown`
 /// completes, then drains (see the module documentation).
@@ -91,6 +122,7 @@ pub async fn serve<B: Backend>(
 ) -> Result<(), ServeError> {
     let drain_timeout = config.drain_timeout;
     let connections = Arc::new(Semaphore::new(config.connections_max.max(1)));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         // Riak clients were written against mochiweb, which sends
@@ -98,26 +130,24 @@ pub async fn serve<B: Backend>(
         .title_case_headers(true)
         // hyper refuses a smaller buffer; a head above it gets `431`.
         .max_buf_size(config.header_size_bytes_max.max(8192))
+        .max_headers(config.headers_count_max.max(1))
         .timer(TokioTimer::new())
+        // Also closes keep-alive connections idle for this long: hyper arms
+        // it whenever it waits for a request head.
         .header_read_timeout(config.header_read_timeout);
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let state = Arc::new(State {
         backend,
+        requests: Semaphore::new(config.requests_in_flight_max.max(1)),
+        body_budget: BodyBudget::new(config.body_buffer_bytes_max),
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
     });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
+    info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "HTTP API listening");
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                // The semaphore is never closed.
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -132,21 +162,57 @@ pub async fn serve<B: Backend>(
                 Err(err) => return Err(ServeError::Accept(err)),
             },
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state
+                .metrics
+                .connections_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection refused: connections_max reached");
+            refuse(stream, tls.is_some(), &refusals);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn_state = state.clone();
-        let service = service_fn(move |req| {
-            let state = conn_state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let state = state.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         state
             .metrics
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(%err, %peer, "connection ended with an error");
+            let write_timeout = state.config.write_timeout;
+            match tls {
+                None => {
+                    let io = StallGuard::new(stream, write_timeout);
+                    serve_connection(&state, &builder, watcher, io, false, peer).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        state.config.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let io = StallGuard::new(stream, write_timeout);
+                            serve_connection(&state, &builder, watcher, io, true, peer).await;
+                        }
+                        Ok(Err(err)) => {
+                            state
+                                .metrics
+                                .tls_handshake_failures_total
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(%err, %peer, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state
+                                .metrics
+                                .tls_handshake_failures_total
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
             state
                 .metrics
@@ -168,6 +234,54 @@ pub async fn serve<B: Backend>(
     Ok(())
 }
 
+/// Serves HTTP/1.1 on one established connection until it closes.
+async fn serve_connection<B, S>(
+    state: &Arc<State<B>>,
+    builder: &hyper::server::conn::http1::Builder,
+    watcher: Watcher,
+    io: S,
+    is_tls: bool,
+    peer: std::net::SocketAddr,
+) where
+    B: Backend,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = conn_state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req, is_tls).await) }
+    });
+    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    if let Err(err) = connection.await {
+        debug!(%err, %peer, "connection ended with an error");
+    }
+}
+
+/// Answers a connection beyond the limit with `503` (plain HTTP) or closes
+/// it (TLS), without ever holding more than [`REFUSALS_MAX`] of them.
+fn refuse(stream: TcpStream, is_tls: bool, refusals: &Arc<Semaphore>) {
+    if is_tls {
+        return;
+    }
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+            stream.write_all(OVERLOADED_CONNECTION).await?;
+            stream.shutdown().await?;
+            // Read what the client sent before closing, or the kernel
+            // answers it with a reset that may destroy the 503 in flight.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
 fn is_transient(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
@@ -176,27 +290,64 @@ fn is_transient(err: &std::io::Error) -> bool {
     ) || matches!(err.raw_os_error(), Some(23 | 24 | 105))
 }
 
-/// Answers one request; never fails and never panics outward.
+/// The `503` for a request that found no slot or no body budget.
+fn overloaded(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the node is overloaded ({what}); retry later"),
+    )
+    .with_header(http::header::RETRY_AFTER, "1")
+}
+
+/// Answers one request; never fails and never panics outward. `is_tls`
+/// says whether it arrived over TLS (credentials need it, see
+/// [`crate::auth`]).
 pub async fn handle<B: Backend>(
     state: &State<B>,
     req: Request<Incoming>,
+    is_tls: bool,
 ) -> Response<ResponseBody> {
     let m = &state.metrics;
     m.requests_total.fetch_add(1, Ordering::Relaxed);
-    m.requests_in_flight.fetch_add(1, Ordering::Relaxed);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let response = match AssertUnwindSafe(dispatch(state, req)).catch_unwind().await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => response::error(err),
+    let response = match state.requests.try_acquire() {
         Err(_) => {
-            error!(%method, %path, "request handler panicked");
-            response::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error: the request handler failed",
-            )
+            m.requests_overloaded_total.fetch_add(1, Ordering::Relaxed);
+            response::error(overloaded("every request slot is taken"))
+        }
+        Ok(_slot) => {
+            m.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+            let answer = AssertUnwindSafe(dispatch(state, req, is_tls))
+                .catch_unwind()
+                .await;
+            m.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+            match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    match err.status {
+                        StatusCode::UNAUTHORIZED
+                        | StatusCode::FORBIDDEN
+                        | StatusCode::UPGRADE_REQUIRED => {
+                            m.requests_unauthorized_total
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE if err.message.contains("overloaded") => {
+                            m.requests_overloaded_total.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                    response::error(err)
+                }
+                Err(_) => {
+                    error!(%method, %path, "request handler panicked");
+                    response::text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: the request handler failed",
+                    )
+                }
+            }
         }
     };
-    m.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
     let class = match response.status().as_u16() {
         200..=299 => &m.responses_2xx,
         300..=399 => &m.responses_3xx,
@@ -211,6 +362,7 @@ pub async fn handle<B: Backend>(
 async fn dispatch<B: Backend>(
     state: &State<B>,
     req: Request<Incoming>,
+    is_tls: bool,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -229,8 +381,16 @@ async fn dispatch<B: Backend>(
     let backend = &*state.backend;
     let config = &state.config;
     let headers = &parts.headers;
+    if let Some(auth) = &config.auth {
+        // Before anything else is parsed: an unauthenticated client learns
+        // nothing from validation errors. A query that does not parse is
+        // refused below; here it only means "no returnbody".
+        let query = Query::parse(parts.uri.query()).unwrap_or_default();
+        let needed = auth::required(found.spec.resource, &parts.method, path, &query);
+        auth.check(&needed, headers, is_tls).await?;
+    }
     if found.spec.resource == Resource::Admin {
-        let body = read_body(body, headers, config.body_size_bytes_max).await?;
+        let (body, _reserved) = read_body(state, body, headers).await?;
         let request = AdminRequest {
             method: parts.method.clone(),
             path: path.to_owned(),
@@ -265,7 +425,7 @@ async fn dispatch<B: Backend>(
             match parts.method {
                 Method::PUT => {
                     props::require_json(headers)?;
-                    let body = read_body(body, headers, config.body_size_bytes_max).await?;
+                    let (body, _reserved) = read_body(state, body, headers).await?;
                     props::put(backend, &bucket, &body).await
                 }
                 Method::DELETE => props::reset(backend, &bucket).await,
@@ -289,7 +449,7 @@ async fn dispatch<B: Backend>(
             _ => {
                 let prepared =
                     object::prepare_put(backend, config, target(), &query, headers, false).await?;
-                let value = read_body(body, headers, config.body_size_bytes_max).await?;
+                let (value, _reserved) = read_body(state, body, headers).await?;
                 object::put(backend, prepared, value, headers).await
             }
         },
@@ -322,7 +482,7 @@ async fn create<B: Backend>(
     let backend = &*state.backend;
     let prepared =
         object::prepare_put(backend, &state.config, target, query, headers, true).await?;
-    let value = read_body(body, headers, state.config.body_size_bytes_max).await?;
+    let (value, _reserved) = read_body(state, body, headers).await?;
     object::put(backend, prepared, value, headers).await
 }
 
@@ -360,14 +520,18 @@ fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<
         .map(str::to_owned)
 }
 
-/// Reads a request body of at most `size_bytes_max` bytes. A declared
-/// length above the limit is refused before reading anything; a chunked body
-/// is refused as soon as it passes the limit.
-async fn read_body(
-    body: Incoming,
+/// Reads a request body of at most `body_size_bytes_max` bytes within
+/// `body_read_timeout`, holding its size in the body budget until the
+/// returned [`Reservation`] is dropped. A declared length above the limit is
+/// refused (`413`) before reading anything, as is one that does not fit the
+/// budget (`503`); a chunked body is refused as soon as it passes either.
+/// A body that does not arrive in time is `408`.
+async fn read_body<B>(
+    state: &State<B>,
+    mut body: Incoming,
     headers: &HeaderMap,
-    size_bytes_max: usize,
-) -> Result<Bytes, ApiError> {
+) -> Result<(Bytes, Reservation), ApiError> {
+    let size_bytes_max = state.config.body_size_bytes_max;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -377,20 +541,47 @@ async fn read_body(
             "the request body is larger than the limit of {size_bytes_max} bytes"
         ))
     };
-    if declared.is_some_and(|len| len > size_bytes_max as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, size_bytes_max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    let no_budget = || overloaded("request bodies in memory are at their limit");
+    let mut reservation = Reservation::default();
+    if let Some(len) = declared {
+        if len > size_bytes_max as u64 {
+            return Err(too_large());
         }
-        Err(err) => Err(ApiError::bad_request(format!(
-            "the request body could not be read: {err}"
-        ))),
+        // `len` fits in usize: it is at most `size_bytes_max`.
+        if !state.body_budget.reserve(&mut reservation, len as usize) {
+            return Err(no_budget());
+        }
+    }
+    let collect = async {
+        let mut buffer = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| {
+                ApiError::bad_request(format!("the request body could not be read: {err}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let size_bytes = buffer.len() + data.len();
+            if size_bytes > size_bytes_max {
+                return Err(too_large());
+            }
+            if !state.body_budget.reserve(&mut reservation, size_bytes) {
+                return Err(no_budget());
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok(buffer.freeze())
+    };
+    let timeout = state.config.body_read_timeout;
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Tables for people by default, `--json` for scripts. The CLI talks HTTP
 //! only, so it works against any node the operator can reach, and it shows
-//! exactly what `/admin/...` serves.
+//! exactly what `/admin/...` serves. For a node with authentication on it
+//! sends HTTP Basic credentials ([`Credentials`]); for `https://` nodes it
+//! verifies the certificate against the public roots or a CA file.
 
 use std::time::Duration;
 
@@ -62,19 +64,105 @@ pub enum BucketCommand {
     },
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
+/// How the CLI reaches a node: credentials and the TLS trust anchor.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// User name for HTTP Basic authentication, if the node requires it.
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the node's certificate (default: the
+    /// public web roots).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
-/// Fetches `path` from `node` as JSON.
-fn fetch(node: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", node.trim_end_matches('/'));
-    let mut response = agent()
-        .get(&url)
+/// A connection to one node.
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+    authorization: Option<String>,
+}
+
+impl Client {
+    fn new(node: &str, credentials: &Credentials) -> anyhow::Result<Client> {
+        use base64::Engine as _;
+        let mut config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)));
+        if let Some(path) = &credentials.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+                    Ok(_) => None,
+                    Err(err) => Some(Err(err)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing {}", path.display()))?;
+            if certs.is_empty() {
+                bail!("{} holds no certificate", path.display());
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let authorization = match (&credentials.user, &credentials.password) {
+            (Some(user), Some(password)) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )),
+            (Some(_), None) => {
+                bail!("--user needs a password: set STARLING_PASSWORD or --password-file")
+            }
+            (None, Some(_)) => bail!("a password was given without --user"),
+            (None, None) => None,
+        };
+        if authorization.is_some() && node.starts_with("http://") {
+            eprintln!(
+                "warning: sending credentials over plain HTTP to {node}; use https:// unless a \
+                 TLS-terminating proxy is in between"
+            );
+        }
+        Ok(Client {
+            base: node.trim_end_matches('/').to_owned(),
+            agent: config.build().into(),
+            authorization,
+        })
+    }
+
+    fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        request
+    }
+
+    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        request
+    }
+
+    fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut request = self.agent.put(format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        request
+    }
+}
+
+/// Fetches `path` from the node as JSON.
+fn fetch(client: &Client, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", client.base);
+    let mut response = client
+        .get(path)
         .call()
         .with_context(|| format!("requesting {url}"))?;
     let status = response.status();
@@ -88,11 +176,11 @@ fn fetch(node: &str, path: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
-/// POSTs to `path` on `node` and returns the JSON answer.
-fn post(node: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", node.trim_end_matches('/'));
-    let mut response = agent()
-        .post(&url)
+/// POSTs to `path` on the node and returns the JSON answer.
+fn post(client: &Client, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", client.base);
+    let mut response = client
+        .post(path)
         .send_empty()
         .with_context(|| format!("requesting {url}"))?;
     let status = response.status();
@@ -137,10 +225,16 @@ fn print_json_or(value: &Value, json: bool, table: impl FnOnce(&Value)) -> anyho
 }
 
 /// Runs one admin command against `node` (a base URL) and prints the result.
-pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()> {
+pub fn run(
+    node: &str,
+    credentials: &Credentials,
+    command: &AdminCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = Client::new(node, credentials)?;
     match command {
         AdminCommand::Status => {
-            let stats = fetch(node, "/stats")?;
+            let stats = fetch(&client, "/stats")?;
             print_json_or(&stats, json, |s| {
                 println!(
                     "node {}: members alive {} suspect {} dead {} left {}; ring {} partitions on {} members; \
@@ -161,7 +255,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
             })
         }
         AdminCommand::Ring => {
-            let ring = fetch(node, "/admin/ring")?;
+            let ring = fetch(&client, "/admin/ring")?;
             print_json_or(&ring, json, |r| {
                 let mut rows = vec![["NODE", "ZONE", "PARTITIONS", "HEALTHY"].map(String::from)];
                 for m in r["members"].as_array().into_iter().flatten() {
@@ -184,7 +278,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
             })
         }
         AdminCommand::Hints => {
-            let hints = fetch(node, "/admin/hints")?;
+            let hints = fetch(&client, "/admin/hints")?;
             print_json_or(&hints, json, |h| {
                 let mut rows = vec![["OWNER", "HINTS"].map(String::from)];
                 for o in h["owners"].as_array().into_iter().flatten() {
@@ -201,7 +295,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
             })
         }
         AdminCommand::Aae => {
-            let aae = fetch(node, "/admin/aae")?;
+            let aae = fetch(&client, "/admin/aae")?;
             print_json_or(&aae, json, |a| {
                 let mut rows = vec![
                     [
@@ -273,7 +367,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
             })
         }
         AdminCommand::Leave => {
-            let answer = post(node, "/admin/leave")?;
+            let answer = post(&client, "/admin/leave")?;
             print_json_or(&answer, json, |a| {
                 println!("{}", a["note"].as_str().unwrap_or("leaving"));
             })
@@ -288,7 +382,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
                 "/admin/remove?node={encoded}{}",
                 if *force { "&force=true" } else { "" }
             );
-            let answer = post(node, &path)?;
+            let answer = post(&client, &path)?;
             print_json_or(&answer, json, |a| {
                 println!(
                     "removed {}: {}",
@@ -300,7 +394,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
         AdminCommand::Bucket {
             command: BucketCommand::Get { bucket },
         } => {
-            let props = fetch(node, &bucket_path(bucket))?;
+            let props = fetch(&client, &bucket_path(bucket))?;
             print_json_or(&props, json, |p| {
                 if let Some(map) = p["props"].as_object() {
                     for (name, value) in map {
@@ -317,10 +411,10 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
                 let (name, value) = prop_value(prop)?;
                 map.insert(name, value);
             }
-            let url = format!("{}{}", node.trim_end_matches('/'), bucket_path(bucket));
+            let url = format!("{}{}", client.base, bucket_path(bucket));
             let body = serde_json::json!({ "props": map }).to_string();
-            let mut response = agent()
-                .put(&url)
+            let mut response = client
+                .put(&bucket_path(bucket))
                 .header("Content-Type", "application/json")
                 .send(body)
                 .with_context(|| format!("requesting {url}"))?;
@@ -333,7 +427,7 @@ pub fn run(node: &str, command: &AdminCommand, json: bool) -> anyhow::Result<()>
             Ok(())
         }
         AdminCommand::Members => {
-            let value = fetch(node, "/admin/members")?;
+            let value = fetch(&client, "/admin/members")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
                 return Ok(());

@@ -117,6 +117,47 @@ pub struct RawConfig {
     /// request timeout plus 1000 ms.
     #[arg(long, env = "STARLING_DELETE_MODE")]
     pub delete_mode: Option<String>,
+    /// PEM file with the HTTP API's certificate chain (leaf first). With
+    /// `http_tls_key`, the API serves HTTPS only.
+    #[arg(long, env = "STARLING_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `http_tls_cert` (PKCS#8, PKCS#1 or
+    /// SEC1).
+    #[arg(long, env = "STARLING_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<PathBuf>,
+    /// TOML file of users (`[[user]]` with `name`, `password_hash` from
+    /// `starling hash-password`, and `grants`: `read`, `write`, `admin`).
+    /// Setting it turns authentication on for the HTTP API.
+    #[arg(long, env = "STARLING_AUTH_USERS_FILE")]
+    pub auth_users_file: Option<PathBuf>,
+    /// Accept credentials over plain HTTP. Only for a node behind a
+    /// TLS-terminating proxy; otherwise passwords travel in clear text.
+    #[arg(long, env = "STARLING_AUTH_ALLOW_PLAIN_HTTP")]
+    pub auth_allow_plain_http: Option<bool>,
+    /// HTTP connections served at once; more are answered 503 and closed.
+    #[arg(long, env = "STARLING_HTTP_CONNECTIONS_MAX")]
+    pub http_connections_max: Option<usize>,
+    /// HTTP requests handled at once; more are answered 503 at once.
+    #[arg(long, env = "STARLING_HTTP_REQUESTS_IN_FLIGHT_MAX")]
+    pub http_requests_in_flight_max: Option<usize>,
+    /// Largest HTTP request head (request line and headers), in bytes.
+    #[arg(long, env = "STARLING_HTTP_HEADER_SIZE_BYTES_MAX")]
+    pub http_header_size_bytes_max: Option<usize>,
+    /// Bytes of request bodies held in memory at once; a body that does not
+    /// fit is answered 503.
+    #[arg(long, env = "STARLING_HTTP_BODY_BUFFER_BYTES_MAX")]
+    pub http_body_buffer_bytes_max: Option<u64>,
+    /// Milliseconds a client may take to send a request head; also how long
+    /// an idle keep-alive connection stays open.
+    #[arg(long, env = "STARLING_HTTP_HEADER_READ_TIMEOUT_MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client may take to send a request body (408 after).
+    #[arg(long, env = "STARLING_HTTP_BODY_READ_TIMEOUT_MS")]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Milliseconds a response write may make no progress before the
+    /// connection is closed (a client that stopped reading).
+    #[arg(long, env = "STARLING_HTTP_WRITE_TIMEOUT_MS")]
+    pub http_write_timeout_ms: Option<u64>,
 }
 
 impl RawConfig {
@@ -152,6 +193,27 @@ impl RawConfig {
             anti_entropy: over.anti_entropy.or(self.anti_entropy),
             aae_interval_ms: over.aae_interval_ms.or(self.aae_interval_ms),
             delete_mode: over.delete_mode.or(self.delete_mode),
+            http_tls_cert: over.http_tls_cert.or(self.http_tls_cert),
+            http_tls_key: over.http_tls_key.or(self.http_tls_key),
+            auth_users_file: over.auth_users_file.or(self.auth_users_file),
+            auth_allow_plain_http: over.auth_allow_plain_http.or(self.auth_allow_plain_http),
+            http_connections_max: over.http_connections_max.or(self.http_connections_max),
+            http_requests_in_flight_max: over
+                .http_requests_in_flight_max
+                .or(self.http_requests_in_flight_max),
+            http_header_size_bytes_max: over
+                .http_header_size_bytes_max
+                .or(self.http_header_size_bytes_max),
+            http_body_buffer_bytes_max: over
+                .http_body_buffer_bytes_max
+                .or(self.http_body_buffer_bytes_max),
+            http_header_read_timeout_ms: over
+                .http_header_read_timeout_ms
+                .or(self.http_header_read_timeout_ms),
+            http_body_read_timeout_ms: over
+                .http_body_read_timeout_ms
+                .or(self.http_body_read_timeout_ms),
+            http_write_timeout_ms: over.http_write_timeout_ms.or(self.http_write_timeout_ms),
         }
     }
 }
@@ -163,6 +225,49 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// The HTTP API's certificate and key files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Authentication of HTTP clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The users file.
+    pub users_file: PathBuf,
+    /// Whether credentials are accepted without TLS.
+    pub allow_plain_http: bool,
+}
+
+/// HTTP API settings: security and limits.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Serve HTTPS with these files; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Require credentials; `None` serves everyone.
+    pub auth: Option<AuthConfig>,
+    /// Connections served at once.
+    pub connections_max: usize,
+    /// Requests handled at once.
+    pub requests_in_flight_max: usize,
+    /// Largest request head.
+    pub header_size_bytes_max: usize,
+    /// Largest request body (the object size limit).
+    pub body_size_bytes_max: usize,
+    /// Bytes of request bodies held in memory at once.
+    pub body_buffer_bytes_max: usize,
+    /// Time to send a request head; idle keep-alive time.
+    pub header_read_timeout: Duration,
+    /// Time to send a request body.
+    pub body_read_timeout: Duration,
+    /// Time a response write may stall.
+    pub write_timeout: Duration,
 }
 
 /// A validated node configuration.
@@ -204,6 +309,8 @@ pub struct Config {
     pub aae: AaeConfig,
     /// Tombstone reaping settings.
     pub reaper: ReaperConfig,
+    /// HTTP API security and limits.
+    pub http: HttpConfig,
 }
 
 /// Shortest cluster secret accepted: a guessable secret lets an outsider
@@ -213,6 +320,7 @@ const CLUSTER_SECRET_LEN_MIN: usize = 16;
 impl Config {
     /// Fills defaults and validates.
     pub fn from_raw(raw: RawConfig) -> anyhow::Result<Config> {
+        let http_raw = raw.clone();
         let http_listen = raw
             .http_listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)));
@@ -253,6 +361,7 @@ impl Config {
             limits.object_size_bytes_max = max;
             limits.object_size_bytes_warn = limits.object_size_bytes_warn.min(max);
         }
+        let http = http_config(&http_raw, &limits)?;
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -361,6 +470,7 @@ impl Config {
             ..ReaperConfig::default()
         };
         Ok(Config {
+            http,
             replication,
             handoff,
             aae,
@@ -381,6 +491,114 @@ impl Config {
             log_format,
         })
     }
+}
+
+/// Validates the HTTP API settings. Security: TLS needs both files;
+/// authentication needs TLS unless plain HTTP is explicitly allowed (the
+/// node would otherwise refuse every authenticated request).
+fn http_config(raw: &RawConfig, limits: &Limits) -> anyhow::Result<HttpConfig> {
+    let defaults = http_api::ServeConfig::default();
+    let tls = match (&raw.http_tls_cert, &raw.http_tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => bail!("http_tls_cert and http_tls_key must be given together"),
+    };
+    let allow_plain_http = raw.auth_allow_plain_http.unwrap_or(false);
+    let auth = match &raw.auth_users_file {
+        Some(users_file) => {
+            if tls.is_none() && !allow_plain_http {
+                bail!(
+                    "auth_users_file is set but the HTTP API has no TLS: set http_tls_cert and \
+                     http_tls_key, or auth_allow_plain_http = true if a TLS-terminating proxy \
+                     stands in front of the node (credentials are refused over plain HTTP \
+                     otherwise)"
+                );
+            }
+            Some(AuthConfig {
+                users_file: users_file.clone(),
+                allow_plain_http,
+            })
+        }
+        None if raw.auth_allow_plain_http.is_some() => {
+            bail!("auth_allow_plain_http only applies with auth_users_file")
+        }
+        None => None,
+    };
+    let in_range = |name: &str, value: usize, min: usize, max: usize| {
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(anyhow::anyhow!(
+                "{name} must be between {min} and {max}, got {value}"
+            ))
+        }
+    };
+    let millis = |name: &str, value: Option<u64>, default: Duration| -> anyhow::Result<Duration> {
+        match value {
+            None => Ok(default),
+            Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(ms) => bail!("{name} must be between 100 and 3600000, got {ms}"),
+        }
+    };
+    let body_size_bytes_max = usize::try_from(limits.object_size_bytes_max)
+        .context("object_size_bytes_max does not fit in memory")?;
+    let body_buffer_bytes_max = match raw.http_body_buffer_bytes_max {
+        None => defaults.body_buffer_bytes_max.max(body_size_bytes_max),
+        Some(bytes) => {
+            let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            if bytes < body_size_bytes_max {
+                bail!(
+                    "http_body_buffer_bytes_max ({bytes}) must be at least object_size_bytes_max \
+                     ({body_size_bytes_max}), or the largest objects could never be written"
+                );
+            }
+            in_range("http_body_buffer_bytes_max", bytes, 1024, 1 << 40)?
+        }
+    };
+    Ok(HttpConfig {
+        tls,
+        auth,
+        connections_max: in_range(
+            "http_connections_max",
+            raw.http_connections_max.unwrap_or(defaults.connections_max),
+            1,
+            1_000_000,
+        )?,
+        requests_in_flight_max: in_range(
+            "http_requests_in_flight_max",
+            raw.http_requests_in_flight_max
+                .unwrap_or(defaults.requests_in_flight_max),
+            1,
+            1_000_000,
+        )?,
+        header_size_bytes_max: in_range(
+            "http_header_size_bytes_max",
+            raw.http_header_size_bytes_max
+                .unwrap_or(defaults.header_size_bytes_max),
+            8192,
+            16 << 20,
+        )?,
+        body_size_bytes_max,
+        body_buffer_bytes_max,
+        header_read_timeout: millis(
+            "http_header_read_timeout_ms",
+            raw.http_header_read_timeout_ms,
+            defaults.header_read_timeout,
+        )?,
+        body_read_timeout: millis(
+            "http_body_read_timeout_ms",
+            raw.http_body_read_timeout_ms,
+            defaults.body_read_timeout,
+        )?,
+        write_timeout: millis(
+            "http_write_timeout_ms",
+            raw.http_write_timeout_ms,
+            defaults.write_timeout,
+        )?,
+    })
 }
 
 #[cfg(test)]
@@ -408,8 +626,46 @@ mod tests {
     }
 
     #[test]
+    fn http_defaults_are_bounded_and_secure_settings_validated() {
+        let c = Config::from_raw(RawConfig::default()).unwrap();
+        assert_eq!(c.http.connections_max, 4096);
+        assert_eq!(c.http.body_size_bytes_max, 50 * 1024 * 1024);
+        assert!(c.http.body_buffer_bytes_max >= c.http.body_size_bytes_max);
+        assert!(c.http.tls.is_none() && c.http.auth.is_none());
+        let tls_auth: RawConfig = toml::from_str(
+            "http_tls_cert = \"c.pem\"\nhttp_tls_key = \"k.pem\"\nauth_users_file = \"u.toml\"",
+        )
+        .unwrap();
+        let c = Config::from_raw(tls_auth).unwrap();
+        assert_eq!(
+            c.http.auth,
+            Some(AuthConfig {
+                users_file: "u.toml".into(),
+                allow_plain_http: false
+            })
+        );
+        let proxied: RawConfig =
+            toml::from_str("auth_users_file = \"u.toml\"\nauth_allow_plain_http = true").unwrap();
+        assert!(
+            Config::from_raw(proxied)
+                .unwrap()
+                .http
+                .auth
+                .unwrap()
+                .allow_plain_http
+        );
+    }
+
+    #[test]
     fn invalid_settings_are_refused() {
         for toml_text in [
+            "http_tls_cert = \"c.pem\"",
+            "auth_users_file = \"u.toml\"",
+            "auth_allow_plain_http = true",
+            "http_connections_max = 0",
+            "http_header_size_bytes_max = 100",
+            "http_body_buffer_bytes_max = 2048",
+            "http_header_read_timeout_ms = 5",
             "sync = \"sometimes\"",
             "sync = \"always\"\nsync_interval_ms = 5",
             "sync = \"interval\"\nsync_interval_ms = 0",

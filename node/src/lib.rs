@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod reaper;
 pub mod ring;
 pub mod rpc;
+pub mod security;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -41,9 +41,22 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// User to authenticate as (nodes with auth_users_file).
+        #[arg(long, env = "STARLING_USER")]
+        user: Option<String>,
+        /// File holding the user's password (first line); or set
+        /// STARLING_PASSWORD.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM file of the CA that signed the node's HTTPS certificate.
+        #[arg(long, env = "STARLING_CA_CERT")]
+        ca_cert: Option<PathBuf>,
         #[command(subcommand)]
         command: node::admin::AdminCommand,
     },
+    /// Hash a password for the users file: reads it from the first line of
+    /// standard input, prints an argon2id PHC string.
+    HashPassword,
     /// Start a local node on loopback for a first try (HTTP on 127.0.0.1:8098).
     Dev {
         /// Directory for the dev cluster's data; created if missing.
@@ -55,15 +68,47 @@ enum Command {
     },
 }
 
+/// The first line of `text`, without its line ending.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").to_owned()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Admin {
         node,
         json,
+        user,
+        password_file,
+        ca_cert,
         command,
     } = &cli.command
     {
-        return node::admin::run(node, command, *json);
+        let password = match password_file {
+            Some(path) => Some(first_line(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            None => std::env::var("STARLING_PASSWORD").ok(),
+        };
+        let credentials = node::admin::Credentials {
+            user: user.clone(),
+            password,
+            ca_cert: ca_cert.clone(),
+        };
+        return node::admin::run(node, &credentials, command, *json);
+    }
+    if let Command::HashPassword = &cli.command {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let password = first_line(&line);
+        if password.is_empty() {
+            anyhow::bail!("the password is empty");
+        }
+        println!("{}", http_api::auth::hash_password(&password));
+        return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,6 +129,8 @@ fn main() -> anyhow::Result<()> {
             node::logging::init(node::config::LogFormat::Text);
             runtime.block_on(node::dev::run(dir, http_port))
         }
-        Command::Admin { .. } => unreachable!("handled before the runtime starts"),
+        Command::Admin { .. } | Command::HashPassword => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }

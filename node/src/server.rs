@@ -155,14 +155,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         sync = ?config.sync,
         "starling node started"
     );
+    let serve_config = http_serve_config(&config)?;
+    crate::security::raise_open_files_limit(config.http.connections_max);
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let drain = config.shutdown_drain;
     let node_cluster = cluster.clone();
     let task = tokio::spawn(async move {
-        let serve_config = http_api::ServeConfig {
-            drain_timeout: drain,
-            ..Default::default()
-        };
+        let serve_config = serve_config;
         // The leave starts with the drain, so peers route around this node
         // while it finishes what it has in flight.
         let (leave_tx, leave_rx) = oneshot::channel::<tokio::task::JoinHandle<()>>();
@@ -189,6 +187,47 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         shutdown,
         left,
         task,
+    })
+}
+
+/// The HTTP server's settings: limits from the config, the TLS certificate
+/// and the users file loaded now, so a bad file stops the start.
+fn http_serve_config(config: &Config) -> anyhow::Result<http_api::ServeConfig> {
+    let http = &config.http;
+    let tls = http
+        .tls
+        .as_ref()
+        .map(crate::security::load_tls)
+        .transpose()
+        .context("loading the HTTP API's TLS certificate")?;
+    let auth = http
+        .auth
+        .as_ref()
+        .map(crate::security::load_auth)
+        .transpose()
+        .context("loading the users file")?;
+    if let Some(auth) = &auth
+        && auth.allows_plain_http()
+        && tls.is_none()
+    {
+        warn!(
+            "authentication is on over plain HTTP (auth_allow_plain_http): passwords travel in \
+             clear text unless a TLS-terminating proxy stands in front of this node"
+        );
+    }
+    Ok(http_api::ServeConfig {
+        drain_timeout: config.shutdown_drain,
+        body_size_bytes_max: http.body_size_bytes_max,
+        body_buffer_bytes_max: http.body_buffer_bytes_max,
+        header_size_bytes_max: http.header_size_bytes_max,
+        header_read_timeout: http.header_read_timeout,
+        body_read_timeout: http.body_read_timeout,
+        write_timeout: http.write_timeout,
+        connections_max: http.connections_max,
+        requests_in_flight_max: http.requests_in_flight_max,
+        tls,
+        auth,
+        ..http_api::ServeConfig::default()
     })
 }
 

@@ -151,7 +151,7 @@ pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
 
 /// Whether an object record's header says it is all tombstones, checking only
 /// the header (for listings). The full decode cross-checks the flag.
-pub(crate) fn object_is_deleted(record: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+pub fn object_is_deleted(record: &str, bytes: &[u8]) -> Result<bool, StoreError> {
     let flags = object_header(record, bytes)?;
     Ok(flags & FLAG_DELETED != 0)
 }
@@ -174,7 +174,7 @@ fn object_header(record: &str, bytes: &[u8]) -> Result<u8, StoreError> {
 }
 
 /// Decodes and checks an object record.
-pub(crate) fn decode_object(record: &str, bytes: &[u8]) -> Result<Object, StoreError> {
+pub fn decode_object(record: &str, bytes: &[u8]) -> Result<Object, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         record: record.to_owned(),
         reason,
@@ -209,7 +209,7 @@ pub(crate) fn encode_props(props: &BucketProps) -> Vec<u8> {
 }
 
 /// Decodes and validates a props record.
-pub(crate) fn decode_props(bucket: &[u8], bytes: &[u8]) -> Result<BucketProps, StoreError> {
+pub fn decode_props(bucket: &[u8], bytes: &[u8]) -> Result<BucketProps, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         record: format!("props {}", escape(bucket)),
         reason,

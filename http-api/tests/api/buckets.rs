@@ -121,6 +121,16 @@ async fn buckets_and_keys_are_listed_whole_or_streamed() {
 }
 
 #[tokio::test]
+async fn an_empty_streamed_listing_is_one_empty_document() {
+    let server = TestServer::start().await;
+    let keys = server.get("/buckets/nothing/keys?keys=stream").await;
+    assert_eq!(keys.status, 200);
+    assert_eq!(keys.json(), serde_json::json!({"keys": []}));
+    let buckets = server.get("/buckets?buckets=stream").await;
+    assert_eq!(buckets.json(), serde_json::json!({"buckets": []}));
+}
+
+#[tokio::test]
 async fn preflist_stats_root_and_ping() {
     let server = TestServer::start().await;
     let preflist = server.get("/buckets/b/keys/k/preflist").await.json();

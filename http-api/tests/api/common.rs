@@ -38,6 +38,8 @@ pub struct MemoryBackend {
     pub last_get: Mutex<Option<GetRequest>>,
     /// Delay added to every put (to test draining).
     pub put_delay: Mutex<Duration>,
+    /// Puts that reached the backend (counted before the delay).
+    pub puts_started: AtomicU64,
 }
 
 impl MemoryBackend {
@@ -55,6 +57,7 @@ impl MemoryBackend {
             last_put: Mutex::default(),
             last_get: Mutex::default(),
             put_delay: Mutex::new(Duration::ZERO),
+            puts_started: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +154,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn put(&self, req: PutRequest) -> Result<Object, BackendError> {
+        self.puts_started.fetch_add(1, Ordering::SeqCst);
         let delay = *self.put_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -421,37 +425,19 @@ impl Part {
     }
 }
 
-/// Splits a `multipart/mixed` body (RFC 2046) into its parts.
+/// Splits a `multipart/mixed` body into its parts with the crate's own
+/// decoder, lower-casing header names.
 pub fn parse_multipart(content_type: &str, body: &str) -> Vec<Part> {
-    let boundary = content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))
-        .expect("boundary parameter")
-        .trim_matches('"');
-    let delimiter = format!("\r\n--{boundary}");
-    let body = format!("\r\n{}", body.strip_prefix("\r\n").unwrap_or(body));
-    let mut pieces = body.split(&delimiter).skip(1);
-    let mut parts = Vec::new();
-    for piece in pieces.by_ref() {
-        if piece.starts_with("--") {
-            return parts;
-        }
-        let piece = piece.strip_prefix("\r\n").expect("CRLF after the boundary");
-        let (head, body) = piece
-            .split_once("\r\n\r\n")
-            .unwrap_or((piece.trim_end_matches("\r\n"), ""));
-        let headers = head
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line");
-                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
-            })
-            .collect();
-        parts.push(Part {
-            headers,
-            body: body.to_owned(),
-        });
-    }
-    panic!("multipart body without a closing delimiter");
+    http_api::multipart::decode(content_type, body.as_bytes())
+        .unwrap_or_else(|e| panic!("bad multipart body ({e}): {body:?}"))
+        .into_iter()
+        .map(|p| Part {
+            headers: p
+                .headers
+                .into_iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .collect(),
+            body: String::from_utf8(p.body).expect("UTF-8 part body"),
+        })
+        .collect()
 }

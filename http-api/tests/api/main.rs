@@ -6,5 +6,7 @@
 mod bad_requests;
 mod buckets;
 mod common;
+mod limits;
 mod objects;
 mod openapi;
+mod security;
