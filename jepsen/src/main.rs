@@ -79,6 +79,14 @@ struct TestArgs {
     /// Keys written at a time (default: the workload's).
     #[arg(long, default_value_t = 0)]
     keys: usize,
+    /// Set workload: elements added to each key before the clients move on
+    /// to fresh keys (default 400).
+    #[arg(long, default_value_t = 0)]
+    elements_per_key: u64,
+    /// Seconds at the end of the time limit without faults, the clients
+    /// still running (the nemesis ends its last fault before).
+    #[arg(long, default_value_t = 0)]
+    quiet_tail: u64,
     /// The bucket's `allow_mult`: `false` is the last-write-wins canary,
     /// which must be judged invalid.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -206,6 +214,8 @@ fn test(args: TestArgs) -> anyhow::Result<Validity> {
         concurrency,
         rate: args.rate.unwrap_or(10.0 * concurrency as f64),
         keys: args.keys,
+        elements_per_key: args.elements_per_key,
+        quiet_tail: Duration::from_secs(args.quiet_tail),
         allow_mult: args.allow_mult,
         starling,
         store: args.store,

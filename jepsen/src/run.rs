@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::checker::convergence::{Convergence, LocalCopy, LocalSibling, ReplicaCopy, Round};
@@ -62,6 +62,10 @@ pub struct TestOptions {
     pub rate: f64,
     /// Keys at a time (0: the workload's default).
     pub keys: usize,
+    /// Set workload: elements per key before moving on (0: default).
+    pub elements_per_key: u64,
+    /// Fault-free time at the end of the time limit, clients still running.
+    pub quiet_tail: Duration,
     /// The bucket's `allow_mult`; `false` is the last-write-wins canary.
     pub allow_mult: bool,
     /// The `starling` binary.
@@ -212,6 +216,9 @@ pub fn run(opts: &TestOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutco
         "nemesis": opts.nemesis_text,
         "nodes": opts.nodes,
         "time_limit_s": opts.time_limit.as_secs_f64(),
+        "quiet_tail_s": opts.quiet_tail.as_secs_f64(),
+        "keys": opts.keys,
+        "elements_per_key": opts.elements_per_key,
         "concurrency": opts.concurrency,
         "rate": opts.rate,
         "allow_mult": opts.allow_mult,
@@ -504,6 +511,10 @@ fn nemesis_thread(
         }
         cluster.check_exits();
         let description = step.fault.describe();
+        eprintln!(
+            "jepsen: {:>6.1} s: start: {description}",
+            start.elapsed().as_secs_f64()
+        );
         let invoke = rec.record(Op::invoke(Process::nemesis(), F::Start).fault(&description));
         let done = match cluster.apply(&step.fault) {
             Ok(()) => invoke.complete(OpType::Info),
@@ -514,6 +525,10 @@ fn nemesis_thread(
         pace_until(
             start + Duration::from_millis(step.start_ms + step.duration_ms),
             stop,
+        );
+        eprintln!(
+            "jepsen: {:>6.1} s: stop: {description}",
+            start.elapsed().as_secs_f64()
         );
         let invoke = rec.record(Op::invoke(Process::nemesis(), F::Stop).fault(&description));
         let done = match cluster.undo(&step.fault) {
@@ -540,8 +555,7 @@ fn client_thread(
     let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
     let deadline = start + opts.time_limit;
     let mut process = c as u64;
-    // Staggered, so the clients do not invoke in lock step.
-    let mut next = start + interval.mul_f64(c as f64 / opts.concurrency as f64);
+    let mut next = start + interval.mul_f64(rng.random_range(0.0..1.0));
     loop {
         if !pace_until(next.min(deadline), stop) || Instant::now() >= deadline {
             return;
@@ -551,7 +565,10 @@ fn client_thread(
             // process takes over, as in Jepsen.
             process += opts.concurrency as u64;
         }
-        next += interval;
+        // Random gaps (uniform, mean `interval`): clients overlap as
+        // independent users would, instead of taking turns in lock step
+        // (which would hide every race, including last-write-wins losses).
+        next += interval.mul_f64(rng.random_range(0.0..2.0));
         let now = Instant::now();
         if next < now {
             next = now;
@@ -711,7 +728,7 @@ fn execute(
         "jepsen: cluster of {} formed in {formed:?}",
         cluster.nets.len()
     );
-    let workload = Workload::new(opts.workload, opts.keys);
+    let workload = Workload::new(opts.workload, opts.keys, opts.elements_per_key);
     let props = json!({ "allow_mult": opts.allow_mult });
     wait_for(
         "the bucket properties to be set",

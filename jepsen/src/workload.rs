@@ -83,7 +83,8 @@ impl Kind {
     }
 }
 
-/// Set workload: elements per key before clients move to the next key.
+/// Set workload: elements per key before clients move to the next key,
+/// unless the run says otherwise.
 pub const SET_ELEMENTS_PER_KEY: u64 = 400;
 
 /// A workload's shared state.
@@ -94,6 +95,7 @@ pub struct Workload {
     /// The bucket.
     pub bucket: String,
     keys: usize,
+    elements_per_key: u64,
     next_value: AtomicU64,
     touched: Mutex<BTreeSet<String>>,
 }
@@ -166,12 +168,19 @@ fn read_elements(
 }
 
 impl Workload {
-    /// A workload over `keys` keys (0: the workload's default).
-    pub fn new(kind: Kind, keys: usize) -> Workload {
+    /// A workload over `keys` keys (0: the workload's default); the set
+    /// workload moves on to new keys after `elements_per_key` elements
+    /// each (0: [`SET_ELEMENTS_PER_KEY`]).
+    pub fn new(kind: Kind, keys: usize, elements_per_key: u64) -> Workload {
         Workload {
             kind,
             bucket: format!("jepsen-{}", kind.name()),
             keys: if keys == 0 { kind.default_keys() } else { keys },
+            elements_per_key: if elements_per_key == 0 {
+                SET_ELEMENTS_PER_KEY
+            } else {
+                elements_per_key
+            },
             next_value: AtomicU64::new(0),
             touched: Mutex::new(BTreeSet::new()),
         }
@@ -203,12 +212,13 @@ impl Workload {
         self.next_value.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The key of set element `e`: `keys` keys at a time, each taking
-    /// [`SET_ELEMENTS_PER_KEY`] elements before the next generation starts.
-    fn set_key(&self, e: u64) -> String {
+    /// The key of set element `e`: `keys` keys at a time (the slot chosen
+    /// at random, so clients contend on keys as independent users do), a
+    /// new generation of keys every `keys * elements_per_key` elements.
+    fn set_key(&self, e: u64, slot: usize) -> String {
         let k = self.keys as u64;
-        let generation = e / (k * SET_ELEMENTS_PER_KEY);
-        format!("s{}", generation * k + e % k)
+        let generation = e / (k * self.elements_per_key);
+        format!("s{}", generation * k + slot as u64 % k)
     }
 
     /// Runs one operation of `process` against `client`, recording its
@@ -217,7 +227,7 @@ impl Workload {
         match self.kind {
             Kind::Set => {
                 let e = self.value();
-                let key = self.set_key(e);
+                let key = self.set_key(e, rng.random_range(0..self.keys));
                 self.add(client, process, &key, e, rec)
             }
             Kind::Convergence => {
@@ -444,14 +454,13 @@ mod tests {
 
     #[test]
     fn set_elements_rotate_over_a_few_keys_at_a_time() {
-        let w = Workload::new(Kind::Set, 3);
-        assert_eq!(w.set_key(0), "s0");
-        assert_eq!(w.set_key(1), "s1");
-        assert_eq!(w.set_key(2), "s2");
-        assert_eq!(w.set_key(3), "s0");
-        let generation = 3 * SET_ELEMENTS_PER_KEY;
-        assert_eq!(w.set_key(generation), "s3");
-        assert_eq!(w.set_key(generation + 2), "s5");
+        let w = Workload::new(Kind::Set, 3, 10);
+        assert_eq!(w.set_key(0, 0), "s0");
+        assert_eq!(w.set_key(1, 2), "s2");
+        assert_eq!(w.set_key(29, 1), "s1");
+        // Thirty elements later, the next three keys.
+        assert_eq!(w.set_key(30, 0), "s3");
+        assert_eq!(w.set_key(59, 2), "s5");
     }
 
     #[test]
