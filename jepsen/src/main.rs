@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one test (needs root: namespaces and nftables).
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Remove namespaces, bridges, nftables tables and processes of runs
     /// whose harness is gone.
     Cleanup {
@@ -261,7 +261,7 @@ fn check(history: &Path, workload: &str) -> anyhow::Result<Validity> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Test(args) => test(args),
+        Command::Test(args) => test(*args),
         Command::Check { history, workload } => check(&history, &workload),
         Command::Cleanup { all } => {
             let report = jepsen::net::cleanup(all);
