@@ -209,6 +209,8 @@ pub struct Recorder {
 struct Inner {
     ops: Vec<Op>,
     file: Option<BufWriter<File>>,
+    /// The first error writing the file, reported by `flush`.
+    write_error: Option<String>,
 }
 
 impl Recorder {
@@ -225,6 +227,7 @@ impl Recorder {
             inner: Mutex::new(Inner {
                 ops: Vec::new(),
                 file,
+                write_error: None,
             }),
         })
     }
@@ -243,8 +246,11 @@ impl Recorder {
             // A history that cannot be written is not worth a panic in the
             // middle of a fault: the in-memory copy is still judged, and
             // the final flush reports the error.
-            if let Ok(line) = serde_json::to_string(&op) {
-                let _ = writeln!(file, "{line}");
+            let written = serde_json::to_string(&op)
+                .map_err(|e| e.to_string())
+                .and_then(|line| writeln!(file, "{line}").map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                inner.write_error.get_or_insert(e);
             }
         }
         inner.ops.push(op.clone());
@@ -254,6 +260,9 @@ impl Recorder {
     /// Flushes the file.
     pub fn flush(&self) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &inner.write_error {
+            anyhow::bail!("writing history.jsonl: {e}");
+        }
         if let Some(file) = inner.file.as_mut() {
             file.flush().context("writing history.jsonl")?;
         }

@@ -554,6 +554,20 @@ pub fn cleanup(all: bool) -> CleanupReport {
         }
     }
     let mut report = CleanupReport::default();
+    // Probe namespaces of `available()` whose process is gone.
+    for ns in list_namespaces() {
+        let Some(pid) = ns
+            .strip_prefix(&format!("{PREFIX}probe-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && let Err(e) = ip(&["netns", "del", &ns])
+        {
+            report.problems.push(format!("{e:#}"));
+        }
+    }
     for (run, mut namespaces) in runs {
         if !all && run_alive(&run) {
             report.live_runs.push(run);
