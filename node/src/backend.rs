@@ -480,6 +480,10 @@ impl Backend for NodeBackend {
         let mut map = serde_json::Map::new();
         map.insert("nodename".into(), self.node_name.clone().into());
         map.insert(
+            "cluster_joined".into(),
+            self.coordinator.cluster().joined().into(),
+        );
+        map.insert(
             "ring_members".into(),
             view.ring
                 .members()

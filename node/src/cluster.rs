@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -144,6 +144,7 @@ pub struct Cluster {
     /// Bumped every time `members` is republished.
     generation: Arc<AtomicU64>,
     commands: mpsc::Sender<Command>,
+    joined: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -181,6 +182,9 @@ impl Cluster {
         let counters = Arc::new(ClusterCounters::default());
         let (commands, commands_rx) = mpsc::channel(16);
         let (rpc_tx, rpc_rx) = mpsc::channel(RPC_QUEUE_MAX);
+        // With seeds to join, the node has not joined until it hears of
+        // another member (see `Cluster::joined`).
+        let joined = Arc::new(AtomicBool::new(config.seeds.is_empty()));
         let driver = Driver {
             swim,
             origin,
@@ -194,6 +198,7 @@ impl Cluster {
             rpc: rpc_tx,
             counters: counters.clone(),
             push_pulls_in_flight: Arc::new(AtomicUsize::new(0)),
+            joined: joined.clone(),
         };
         tokio::spawn(driver.run(inbound, commands_rx));
         Ok((
@@ -204,6 +209,7 @@ impl Cluster {
                 members,
                 generation,
                 commands,
+                joined,
             },
             rpc_rx,
         ))
@@ -228,6 +234,17 @@ impl Cluster {
     /// derive from [`Cluster::members`] under it.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the node has joined its cluster: it was given no seeds (or
+    /// only itself), or it has heard of another member. Membership is not
+    /// persisted, so a node that starts (or restarts) with seeds knows only
+    /// itself until a seed answers; its ring would then be a ring of one,
+    /// which caps every quorum at 1 and makes it the only replica of every
+    /// key. Client requests must wait for the join, or they would be
+    /// acknowledged on a node the real ring does not place them on.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// Every member this node knows of, itself included, sorted by id.
@@ -304,6 +321,8 @@ struct Driver {
     counters: Arc<ClusterCounters>,
     /// Push-pull exchanges still running (a leave waits for them).
     push_pulls_in_flight: Arc<AtomicUsize>,
+    /// Set once another member is known (or the seeds name only this node).
+    joined: Arc<AtomicBool>,
 }
 
 /// Wraps a timer so the heap orders by time and sequence only.
@@ -467,6 +486,7 @@ impl Driver {
             return;
         }
         let mut addrs = Vec::new();
+        let mut unresolved = 0;
         for seed in &self.seeds {
             match tokio::time::timeout(
                 Duration::from_secs(2),
@@ -475,12 +495,21 @@ impl Driver {
             .await
             {
                 Ok(Ok(found)) => addrs.extend(found),
-                Ok(Err(err)) => debug!(%seed, %err, "could not resolve seed"),
-                Err(_) => debug!(%seed, "resolving seed timed out"),
+                Ok(Err(err)) => {
+                    unresolved += 1;
+                    debug!(%seed, %err, "could not resolve seed")
+                }
+                Err(_) => {
+                    unresolved += 1;
+                    debug!(%seed, "resolving seed timed out")
+                }
             }
         }
         let advertise = self.swim.local().meta.addr;
         addrs.retain(|a| *a != advertise);
+        if addrs.is_empty() && unresolved == 0 && !self.joined.swap(true, Ordering::AcqRel) {
+            info!("the seeds name only this node: serving as a cluster of its own");
+        }
         addrs.sort();
         addrs.dedup();
         // Announce to every seed while alone; otherwise only to seeds whose
@@ -563,8 +592,12 @@ impl Driver {
             self.swim.members().map(|m| (m.id, m.clone())).collect();
         let local = self.swim.local().clone();
         view.insert(local.id, local);
+        let others = view.len() > 1;
         *self.members.write() = view;
         self.generation.fetch_add(1, Ordering::Release);
+        if others && !self.joined.swap(true, Ordering::AcqRel) {
+            info!("joined the cluster: serving client requests");
+        }
     }
 }
 

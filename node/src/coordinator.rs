@@ -793,6 +793,7 @@ impl Coordinator {
         self: &Arc<Self>,
         req: http_api::GetRequest,
     ) -> Result<Option<Object>, BackendError> {
+        self.ensure_joined()?;
         let props = self.props(&req.bucket).await?;
         let view = self.view();
         let n = view.replicas(props.n_val);
@@ -989,6 +990,19 @@ impl Coordinator {
         pending
     }
 
+    /// Refuses client requests until the node has joined its cluster (see
+    /// `Cluster::joined`): before that its ring holds only itself.
+    fn ensure_joined(&self) -> Result<(), BackendError> {
+        if self.cluster.joined() {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(
+                "this node has not joined its cluster yet (no seed has answered); the request was not attempted"
+                    .to_owned(),
+            ))
+        }
+    }
+
     /// Writes `content` with `context` to the key's replicas.
     pub async fn write(
         self: &Arc<Self>,
@@ -999,6 +1013,7 @@ impl Coordinator {
         quorums: http_api::WriteQuorums,
         timeout: Option<Duration>,
     ) -> Result<Object, BackendError> {
+        self.ensure_joined()?;
         let props = self.props(&bucket).await?;
         let view = self.view();
         let n = view.replicas(props.n_val);
@@ -1214,6 +1229,7 @@ impl Coordinator {
         bucket: Bytes,
         props: Option<BucketProps>,
     ) -> Result<(), BackendError> {
+        self.ensure_joined()?;
         let view = self.view();
         let nodes: Vec<u128> = view
             .members
@@ -1298,6 +1314,7 @@ impl Coordinator {
         self: &Arc<Self>,
         bucket: Option<Bytes>,
     ) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.ensure_joined()?;
         let view = self.view();
         let nodes: Vec<u128> = view
             .ring

@@ -172,3 +172,29 @@ fn starling_admin_members_lists_the_cluster() {
     let json: serde_json::Value = serde_json::from_str(&run(&["--json", "members"])).unwrap();
     assert_eq!(json["members"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_node_with_seeds_refuses_client_requests_until_it_has_joined() {
+    // Membership is not persisted: a node that (re)starts with seeds knows
+    // only itself until one answers, and a ring of one would acknowledge
+    // writes that no replica of the real ring holds (found by jepsen/).
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = NodeProcess::start(&dir.path().join("seed"), &[]);
+    let join = seed.cluster.to_string();
+    seed.kill();
+    let node = NodeProcess::start(&dir.path().join("node"), &["--join", &join]);
+    let (status, body) = node.put("b", "k", "", "v");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not joined"), "{body}");
+    let (status, _) = node.get("b", "k", "");
+    assert_eq!(status, 503);
+    seed.restart();
+    wait_until(
+        "the node to join and take the write",
+        Duration::from_secs(20),
+        || node.put("b", "k", "", "v").0 == 204,
+    );
+    // A node without seeds is a cluster of its own from the start.
+    let alone = NodeProcess::start(&dir.path().join("alone"), &[]);
+    assert_eq!(alone.put("b", "k", "", "v").0, 204);
+}
