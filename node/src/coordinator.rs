@@ -844,6 +844,9 @@ impl Coordinator {
                 if found == 0 && !notfound_ok && notfound > 0 && outstanding == 0 {
                     break Ok(()); // every replica answered: it is simply not there
                 }
+                if Instant::now() >= deadline {
+                    break Err(BackendError::Timeout);
+                }
                 break Err(quorum_error(r, found + notfound, "r"));
             }
             match tokio::time::timeout_at(deadline.into(), pending.next()).await {
@@ -1079,6 +1082,8 @@ impl Coordinator {
         .await;
         let (object, durable) = match minted {
             Err(_) => return Err(BackendError::Timeout),
+            // The replica call gave up at the same deadline: a timeout.
+            Ok(Err(_)) if Instant::now() >= deadline => return Err(BackendError::Timeout),
             Ok(Err(err)) => {
                 return Err(BackendError::Unavailable(format!(
                     "the coordinating replica failed ({err}); the write's outcome is indeterminate"
@@ -1178,6 +1183,13 @@ impl Coordinator {
                 break;
             }
             if acks + outstanding < w {
+                if Instant::now() >= deadline {
+                    return Err(BackendError::QuorumNotMet {
+                        needed: w,
+                        replied: acks,
+                        what: "w (timed out)".to_owned(),
+                    });
+                }
                 return Err(quorum_error(w, acks, "w"));
             }
             if durable_acks + outstanding < dw {
