@@ -535,6 +535,7 @@ impl Backend for NodeBackend {
             "/admin/hints",
             "/admin/local",
             "/admin/aae",
+            "/admin/ui",
         ];
         if views.contains(&path) && req.method != http::Method::GET {
             return AdminResponse::text(
@@ -579,6 +580,7 @@ impl Backend for NodeBackend {
             "/admin/hints" => AdminResponse::json(StatusCode::OK, &self.hints_json().await),
             "/admin/local" => self.local_json(req.query.as_deref()).await,
             "/admin/aae" => AdminResponse::json(StatusCode::OK, &self.aae_json().await),
+            "/admin/ui" => crate::console::page(),
             "/admin/leave" => self.leave().await,
             "/admin/remove" => self.remove(req.query.as_deref()).await,
             _ => AdminResponse::not_found(&req),

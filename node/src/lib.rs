@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod coordinator;
 pub mod dev;
 pub mod handoff;
