@@ -74,7 +74,7 @@ impl SyncPolicy {
 }
 
 /// Journal progress, guarded by [`Shared::state`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     /// Sequence number of the last write appended to the journal.
     written_seq: u64,
@@ -86,7 +86,26 @@ struct State {
     last_fsync: Duration,
     /// The store is closing: the committer drains and exits.
     shutdown: bool,
+    /// Callbacks waiting for a sequence number to become durable, called by
+    /// the committer (see [`Syncer::on_durable`]).
+    waiters: Vec<(u64, DurableCallback)>,
 }
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("written_seq", &self.written_seq)
+            .field("synced_seq", &self.synced_seq)
+            .field("appending", &self.appending)
+            .field("last_fsync", &self.last_fsync)
+            .field("shutdown", &self.shutdown)
+            .field("waiters", &self.waiters.len())
+            .finish()
+    }
+}
+
+/// Called once a write is durable (`Ok(true)`), or the store was poisoned.
+pub(crate) type DurableCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Send>;
 
 struct Shared {
     db: fjall::Database,
@@ -217,6 +236,27 @@ impl Syncer {
         }
     }
 
+    /// Calls `callback` once write `seq` is durable as the policy says,
+    /// without blocking a thread on it: at once when it already is (or the
+    /// policy does not wait), else from the committer after its fsync.
+    pub(crate) fn on_durable(&self, seq: u64, callback: DurableCallback) {
+        if !self.policy.syncs_every_write() {
+            callback(self.check_writable().map(|()| false));
+            return;
+        }
+        let mut state = self.shared.state.lock();
+        assert!(seq <= state.written_seq, "waiting for a write not yet made");
+        if state.synced_seq >= seq {
+            drop(state);
+            callback(Ok(true));
+        } else if self.shared.is_poisoned() {
+            drop(state);
+            callback(Err(StoreError::Poisoned));
+        } else {
+            state.waiters.push((seq, callback));
+        }
+    }
+
     /// Fsyncs now, whatever the policy, and returns once everything written
     /// before the call is durable.
     pub(crate) fn sync_now(&self) -> Result<(), StoreError> {
@@ -334,8 +374,11 @@ impl Shared {
                 self.counters.poisoned.store(true, Ordering::Release);
                 // Take the lock so no waiter can miss the wake-up between its
                 // poison check and its wait.
-                let _state = self.state.lock();
+                let waiters = std::mem::take(&mut self.state.lock().waiters);
                 self.synced.notify_all();
+                for (_, callback) in waiters {
+                    callback(Err(StoreError::Poisoned));
+                }
                 Err(StoreError::Poisoned)
             }
         }
@@ -355,9 +398,17 @@ impl Shared {
         state.last_fsync = latency;
         let newly = target.saturating_sub(state.synced_seq);
         state.synced_seq = state.synced_seq.max(target);
+        let synced = state.synced_seq;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiters)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= synced);
+        state.waiters = waiting;
         drop(state);
         self.counters.record_fsync(newly, latency);
         self.synced.notify_all();
+        for (_, callback) in ready {
+            callback(Ok(true));
+        }
     }
 
     fn wait_synced(&self, seq: u64) -> Result<(), StoreError> {

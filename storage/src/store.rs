@@ -416,6 +416,18 @@ impl Store {
         self.syncer.commit(seq)
     }
 
+    /// Calls `callback` once `seq` is durable as the sync policy says (with
+    /// whether it is), or with the error that prevents it, without blocking
+    /// a thread: from the commit thread after its fsync, or at once. The
+    /// callback must be quick (hand the result over, nothing more).
+    pub fn on_durable(
+        &self,
+        seq: u64,
+        callback: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
+    ) {
+        self.syncer.on_durable(seq, Box::new(callback));
+    }
+
     fn finish(&self, deferred: Deferred) -> Result<Written, StoreError> {
         let durable = self.await_durable(deferred.seq)?;
         Ok(Written {
@@ -451,6 +463,27 @@ impl Store {
     ) -> Result<Written, StoreError> {
         let deferred = self.merge_deferred(bucket, key, incoming, opts)?;
         self.finish(deferred)
+    }
+
+    /// Merges many copies (anti-entropy, hand-off, a batch of replica
+    /// writes) and waits once for all of them to be durable, so a batch
+    /// costs one fsync rather than one per key. Returns whether they are
+    /// durable. Stops at the first error; the copies merged before it stay.
+    pub fn merge_many<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (&'a [u8], &'a [u8], &'a Object)>,
+        opts: WriteOptions,
+    ) -> Result<bool, StoreError> {
+        let mut last = None;
+        for (bucket, key, object) in objects {
+            let deferred = self.merge_deferred(bucket, key, object, opts)?;
+            last = Some(last.map_or(deferred.seq, |s: u64| s.max(deferred.seq)));
+        }
+        match last {
+            Some(seq) => self.await_durable(seq),
+            // Nothing written: nothing to wait for.
+            None => Ok(true),
+        }
     }
 
     /// [`Store::merge`] without the wait for durability; see

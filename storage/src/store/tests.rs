@@ -1174,3 +1174,60 @@ fn the_hint_store_is_bounded() {
         Err(StoreError::HintStoreFull { count: 2 })
     ));
 }
+
+#[test]
+fn durability_callbacks_fire_after_the_fsync_or_with_the_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let deferred = store
+        .put_deferred(b"b", b"k", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    let sender = tx.clone();
+    store.on_durable(deferred.seq, move |r| sender.send(r).unwrap());
+    let timeout = std::time::Duration::from_secs(10);
+    assert!(matches!(rx.recv_timeout(timeout), Ok(Ok(true))));
+    // Already durable: called at once.
+    let sender = tx.clone();
+    store.on_durable(deferred.seq, move |r| sender.send(r).unwrap());
+    assert!(matches!(rx.try_recv(), Ok(Ok(true))));
+    // A failed fsync reaches the callback as the poison, never as success.
+    store.fail_next_fsync();
+    let deferred = store
+        .put_deferred(b"b", b"k2", &VersionVector::new(), content("v"), PUT)
+        .unwrap();
+    store.on_durable(deferred.seq, move |r| tx.send(r).unwrap());
+    assert!(matches!(
+        rx.recv_timeout(timeout),
+        Ok(Err(StoreError::Poisoned))
+    ));
+}
+
+#[test]
+fn a_batch_of_merges_costs_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source"), SyncPolicy::Never);
+    let objects: Vec<(Vec<u8>, Object)> = (0..100)
+        .map(|i| {
+            let key = format!("k{i}").into_bytes();
+            let written = source
+                .put(b"b", &key, &VersionVector::new(), content("v"), PUT)
+                .unwrap();
+            (key, written.object)
+        })
+        .collect();
+    let store = open(&dir.path().join("target"), SyncPolicy::Always);
+    let before = store.stats().fsyncs;
+    let durable = store
+        .merge_many(
+            objects.iter().map(|(k, o)| (&b"b"[..], k.as_slice(), o)),
+            REPAIR,
+        )
+        .unwrap();
+    assert!(durable);
+    assert!(store.stats().fsyncs - before <= 2);
+    for (key, object) in &objects {
+        assert_eq!(store.get(b"b", key).unwrap().as_ref(), Some(object));
+    }
+    assert!(store.merge_many(std::iter::empty(), REPAIR).unwrap());
+}
