@@ -110,6 +110,19 @@ impl View {
     }
 }
 
+/// A batch whose writes are applied but not yet durable.
+struct StagedBatch {
+    staged: Vec<Staged>,
+    last_seq: Option<u64>,
+    want_sync: bool,
+}
+
+/// One request of a batch after it was applied.
+enum Staged {
+    Done(Response),
+    Write(storage::Written),
+}
+
 /// Bytes one RPC moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -354,6 +367,12 @@ impl Coordinator {
         deadline: Instant,
     ) -> (Result<Response, String>, Traffic) {
         if node == view_local {
+            if let Request::Batch(requests) = request {
+                return (
+                    Ok(self.execute_batch_async(requests).await),
+                    Traffic::default(),
+                );
+            }
             let this = self.clone();
             let result = tokio::task::spawn_blocking(move || this.execute(request))
                 .await
@@ -441,17 +460,20 @@ impl Coordinator {
         let view = self.view();
         let addr = view.members.get(&node).map(|m| m.meta.addr);
         let count = requests.len();
-        let request = if count == 1 {
-            requests.into_iter().next().expect("one request")
-        } else {
+        // A lone read travels bare; writes always as a batch, which the
+        // replica completes without a thread blocked on its fsync.
+        let batched = count > 1 || !matches!(requests[0], Request::Get { .. });
+        let request = if batched {
             Request::Batch(requests)
+        } else {
+            requests.into_iter().next().expect("one request")
         };
         let answers: Vec<Result<Response, String>> =
             match self.call(view.local, node, addr, request, deadline).await {
-                Ok(Response::Batch(responses)) if count > 1 && responses.len() == count => {
+                Ok(Response::Batch(responses)) if batched && responses.len() == count => {
                     responses.into_iter().map(Ok).collect()
                 }
-                Ok(response) if count == 1 => vec![Ok(response)],
+                Ok(response) if !batched => vec![Ok(response)],
                 Ok(other) => {
                     let err = format!("unexpected answer to a batch: {other:?}");
                     vec![Err(err); count]
@@ -465,12 +487,56 @@ impl Coordinator {
 
     /// Carries out a batch of replica requests: each in order, writes
     /// without waiting, then one wait for the durability of all of them, so
-    /// the batch shares one fsync.
+    /// the batch shares one fsync (blocking).
     pub fn execute_batch(&self, requests: Vec<Request>) -> Response {
-        enum Staged {
-            Done(Response),
-            Write(storage::Written),
+        let staged = self.stage_batch(requests);
+        let durability = match staged.last_seq {
+            None => Ok(false),
+            Some(seq) => self.store.await_durable(seq),
+        };
+        self.finish_batch(staged, durability)
+    }
+
+    /// [`Coordinator::execute_batch`] without a thread blocked on the
+    /// fsync: the writes are applied on a blocking thread, which is then
+    /// free; the commit thread's fsync wakes this task.
+    pub async fn execute_batch_async(self: &Arc<Self>, requests: Vec<Request>) -> Response {
+        let this = self.clone();
+        let staged = match tokio::task::spawn_blocking(move || this.stage_batch(requests)).await {
+            Ok(staged) => staged,
+            Err(err) => {
+                return Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: format!("replica task failed: {err}"),
+                };
+            }
+        };
+        let durability = match staged.last_seq {
+            None => Ok(false),
+            Some(seq) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.store.on_durable(seq, move |result| {
+                    let _ = tx.send(result);
+                });
+                rx.await.unwrap_or(Err(StoreError::Poisoned))
+            }
+        };
+        if staged.want_sync && matches!(durability, Ok(false)) {
+            // A lazy sync policy, but the caller asked for durability.
+            let this = self.clone();
+            let synced = tokio::task::spawn_blocking(move || this.store.sync_all()).await;
+            let durability = match synced {
+                Ok(Ok(())) => Ok(true),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(StoreError::Poisoned),
+            };
+            return self.finish_batch(staged, durability);
         }
+        self.finish_batch(staged, durability)
+    }
+
+    /// Applies every request of a batch, writes without waiting.
+    fn stage_batch(&self, requests: Vec<Request>) -> StagedBatch {
         let mut staged = Vec::with_capacity(requests.len());
         let mut last_seq = None::<u64>;
         let mut want_sync = false;
@@ -543,20 +609,24 @@ impl Coordinator {
                 None => {}
             }
         }
-        // One wait for every write of the batch; a failure fails them all
-        // (none may be acknowledged after a failed fsync).
-        let durability = match last_seq {
-            None => Ok(false),
-            Some(seq) => self.store.await_durable(seq).and_then(|durable| {
-                if want_sync && !durable {
-                    self.store.sync_all().map(|()| true)
-                } else {
-                    Ok(durable)
-                }
-            }),
+        StagedBatch {
+            staged,
+            last_seq,
+            want_sync,
+        }
+    }
+
+    /// The answers of a staged batch, given whether its writes became
+    /// durable. A failure fails every write (none may be acknowledged after
+    /// a failed fsync).
+    fn finish_batch(&self, batch: StagedBatch, durability: Result<bool, StoreError>) -> Response {
+        let durability = match durability {
+            Ok(false) if batch.want_sync => self.store.sync_all().map(|()| true),
+            other => other,
         };
         Response::Batch(
-            staged
+            batch
+                .staged
                 .into_iter()
                 .map(|s| match s {
                     Staged::Done(response) => response,
@@ -664,16 +734,15 @@ impl Coordinator {
                     resolve_by_time: apply.resolve_by_time,
                     repair: true,
                 };
-                let mut durable = true;
                 let count = objects.len() as u32;
-                objects
-                    .iter()
-                    .try_for_each(|(bucket, key, object)| {
-                        let written = self.store.merge(bucket, key, object, opts)?;
-                        durable &= written.durable;
-                        Ok(())
-                    })
-                    .and_then(|()| {
+                self.store
+                    .merge_many(
+                        objects
+                            .iter()
+                            .map(|(b, k, o)| (b.as_slice(), k.as_slice(), o)),
+                        opts,
+                    )
+                    .and_then(|mut durable| {
                         if apply.sync && !durable {
                             self.store.sync_all()?;
                             durable = true;
@@ -741,8 +810,17 @@ impl Coordinator {
                     Ok(envelope) => {
                         let budget = Duration::from_millis(u64::from(envelope.budget_ms));
                         let this2 = this.clone();
-                        let work =
-                            tokio::task::spawn_blocking(move || this2.execute(envelope.request));
+                        let work = async move {
+                            match envelope.request {
+                                Request::Batch(requests) => {
+                                    Ok(this2.execute_batch_async(requests).await)
+                                }
+                                request => {
+                                    tokio::task::spawn_blocking(move || this2.execute(request))
+                                        .await
+                                }
+                            }
+                        };
                         match tokio::time::timeout(budget, work).await {
                             Ok(Ok(response)) => response,
                             Ok(Err(err)) => Response::Error {

@@ -28,7 +28,7 @@ use crate::coordinator::Coordinator;
 use crate::rpc::{Request, Response};
 
 /// Batches one lane may have in flight at once.
-pub const IN_FLIGHT_MAX: usize = 4;
+pub const IN_FLIGHT_MAX: usize = 1;
 /// Requests in one batch.
 pub const BATCH_MAX: usize = 128;
 /// Rough bytes in one batch; a larger request travels alone.
