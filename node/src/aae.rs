@@ -396,19 +396,25 @@ impl Aae {
         );
 
         // Exchanges and fills, a few at a time.
-        let mut exchanges = plan
+        // One tree is compared with one peer at a time: a joining node
+        // filling a tree from two owners at once would copy it twice.
+        let mut waiting: Vec<(TreeId, u128, Kind)> = plan
             .work
             .iter()
             .filter(|(_, _, kind)| matches!(kind, Kind::Exchange | Kind::Fill))
             .filter(|(_, _, kind)| self.config.enabled || *kind == Kind::Fill)
-            .copied();
+            .copied()
+            .collect();
+        let mut busy: BTreeSet<TreeId> = BTreeSet::new();
         let mut running = FuturesUnordered::new();
         let mut failed_fills: BTreeSet<TreeId> = BTreeSet::new();
         loop {
             while running.len() < self.config.exchanges_max.max(1) {
-                let Some((id, peer, kind)) = exchanges.next() else {
+                let Some(next) = waiting.iter().position(|(id, _, _)| !busy.contains(id)) else {
                     break;
                 };
+                let (id, peer, kind) = waiting.remove(next);
+                busy.insert(id);
                 running.push(async move {
                     let result = self.exchange(view_ref, id, peer).await;
                     (id, peer, kind, result)
@@ -417,6 +423,7 @@ impl Aae {
             let Some((id, peer, kind, result)) = running.next().await else {
                 break;
             };
+            busy.remove(&id);
             let (ok, outcome) = match result {
                 Ok(outcome) => {
                     self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
@@ -741,9 +748,14 @@ impl Aae {
                 resolve_by_time: false,
                 repair: true,
             };
-            objects
-                .iter()
-                .try_for_each(|(b, k, o)| store.merge(b, k, o, opts).map(|_| ()))
+            store
+                .merge_many(
+                    objects
+                        .iter()
+                        .map(|(b, k, o)| (b.as_slice(), k.as_slice(), o)),
+                    opts,
+                )
+                .map(|_| ())
         })
         .await?
         .map_err(|e| e.to_string())
