@@ -66,12 +66,13 @@ pub async fn run(coordinator: Arc<Coordinator>, config: HandoffConfig, stats: Ar
     loop {
         tick.tick().await;
         let store = coordinator.store().clone();
-        let Ok(Ok(owners)) = tokio::task::spawn_blocking(move || store.hint_owners()).await else {
+        let Ok(Ok(owners)) = tokio::task::spawn_blocking(move || store.hint_owner_ids()).await
+        else {
             continue;
         };
         let view = coordinator.view();
         let removed = coordinator.removed();
-        for (owner, _count) in owners {
+        for owner in owners {
             // Hints for a node an operator removed go to the key's current
             // primaries instead: the owner will never come back for them.
             let gone = removed.contains(&owner);

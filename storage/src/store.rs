@@ -854,6 +854,27 @@ impl Store {
         Ok(owners)
     }
 
+    /// The owners that have hints here, in order, found by one seek per
+    /// owner rather than a scan of every hint: the hand-off loop asks this
+    /// twice a second, and the hint store can hold millions.
+    pub fn hint_owner_ids(&self) -> Result<Vec<u128>, StoreError> {
+        let mut owners = Vec::new();
+        let mut from = 0u128;
+        loop {
+            let Some(guard) = self.hints.range(from.to_be_bytes()..).next() else {
+                break;
+            };
+            let hint_key = guard.key()?;
+            let (owner, _, _) = split_hint_key(&hint_key)?;
+            owners.push(owner);
+            match owner.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(owners)
+    }
+
     /// Up to `limit` hints for `owner`, as `(bucket, key, object)`.
     pub fn hints(&self, owner: u128, limit: usize) -> Result<Vec<Hint>, StoreError> {
         let mut out = Vec::new();

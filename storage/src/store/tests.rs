@@ -1133,6 +1133,12 @@ fn hints_merge_survive_reopening_and_are_removed_only_when_unchanged() {
             store.hint_owners().unwrap(),
             vec![(owner, 1), (owner + 1, 1)]
         );
+        store.put_hint(u128::MAX, b"b", b"k", &first).unwrap();
+        assert_eq!(
+            store.hint_owner_ids().unwrap(),
+            vec![owner, owner + 1, u128::MAX]
+        );
+        store.remove_hint(u128::MAX, b"b", b"k", &first).unwrap();
     }
     let store = open(dir.path(), SyncPolicy::Always);
     assert_eq!(store.hint_count(), 2);
@@ -1145,6 +1151,7 @@ fn hints_merge_survive_reopening_and_are_removed_only_when_unchanged() {
     assert!(!store.remove_hint(owner, b"b", b"k", &first).unwrap());
     assert!(store.remove_hint(owner, b"b", b"k", held).unwrap());
     assert_eq!(store.hint_owners().unwrap(), vec![(owner + 1, 1)]);
+    assert_eq!(store.hint_owner_ids().unwrap(), vec![owner + 1]);
     assert_eq!(store.hint_count(), 1);
 }
 
