@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use http_api::RequestId;
 use membership::{Output, Swim, Time};
 use node::rpc::{self, Apply, Envelope, ErrorKind, Request, Response};
 use rand::rngs::StdRng;
@@ -15,7 +16,9 @@ use starling_fuzz::{CLUSTER_SECRET, SWIM_STEP, frame, swim_addr, swim_node};
 use storage::{ActorId, BucketProps, Content, ContextKey, Dot, Link, Metadata, Object, context};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
     std::fs::create_dir_all(&dir).expect("create the seed directory");
     std::fs::write(dir.join(name), bytes).expect("write a seed");
 }
@@ -68,7 +71,11 @@ fn record(object: &Object) -> Vec<u8> {
 
 fn stored_object_seeds() {
     write("stored_object", "one-sibling", &record(&object(1, false)));
-    write("stored_object", "three-siblings", &record(&object(3, false)));
+    write(
+        "stored_object",
+        "three-siblings",
+        &record(&object(3, false)),
+    );
     write("stored_object", "tombstone", &record(&object(1, true)));
     let mut props = vec![1];
     props.extend(postcard::to_stdvec(&BucketProps::default()).expect("encode"));
@@ -81,8 +88,16 @@ fn context_seeds() {
     let version = object(3, false).version;
     let sealed = context::encode(&key, b"b", b"k", &version);
     write("context", "genuine", sealed.as_bytes());
-    write("context", "body", &postcard::to_stdvec(&version).expect("encode"));
-    write("context", "empty-body", &postcard::to_stdvec(&Object::new().version).expect("encode"));
+    write(
+        "context",
+        "body",
+        &postcard::to_stdvec(&version).expect("encode"),
+    );
+    write(
+        "context",
+        "empty-body",
+        &postcard::to_stdvec(&Object::new().version).expect("encode"),
+    );
 }
 
 fn rpc_seeds() {
@@ -140,15 +155,43 @@ fn rpc_seeds() {
                 bucket: Some(b"b".to_vec()),
             },
         ),
+        (
+            "batch",
+            Request::Batch(vec![
+                Request::Get {
+                    bucket: b"b".to_vec(),
+                    key: b"k".to_vec(),
+                },
+                Request::Merge {
+                    bucket: b"b".to_vec(),
+                    key: b"k".to_vec(),
+                    object: object(1, false),
+                    apply,
+                },
+            ]),
+        ),
     ];
     for (i, (name, request)) in requests.into_iter().enumerate() {
+        // One id per request of a batch (the second serves no client
+        // request), else one.
+        let id = RequestId::parse(format!("seed-{i}").as_bytes());
+        let request_ids = match &request {
+            Request::Batch(requests) => {
+                (0..requests.len()).map(|j| id.filter(|_| j == 0)).collect()
+            }
+            _ => vec![id],
+        };
         let envelope = Envelope {
             format: rpc::RPC_FORMAT,
-            request_id: i as u64,
+            request_ids,
             budget_ms: 5_000,
             request,
         };
-        write("rpc_message", &format!("request-{name}"), &rpc::encode(&envelope));
+        write(
+            "rpc_message",
+            &format!("request-{name}"),
+            &rpc::encode(&envelope),
+        );
     }
     let responses = [
         ("object", Response::Object(Some(object(2, false)))),
@@ -171,7 +214,11 @@ fn rpc_seeds() {
         ),
     ];
     for (name, response) in responses {
-        write("rpc_message", &format!("response-{name}"), &rpc::encode(&response));
+        write(
+            "rpc_message",
+            &format!("response-{name}"),
+            &rpc::encode(&response),
+        );
     }
 }
 
@@ -248,7 +295,11 @@ fn swim_seeds() {
     for (i, (kind, bytes)) in captured.iter().enumerate() {
         let signature = (*kind, bytes.get(..20.min(bytes.len())).map(<[u8]>::to_vec));
         if seen.insert(signature) && seen.len() <= 24 {
-            write("swim_message", &format!("message-{i:03}"), &frame(*kind, bytes));
+            write(
+                "swim_message",
+                &format!("message-{i:03}"),
+                &frame(*kind, bytes),
+            );
         }
         if session.len() < 16 * 1024 {
             session.extend(frame(*kind, bytes));
@@ -286,7 +337,10 @@ fn multipart_seeds() {
 fn query_seeds() {
     for (name, query) in [
         ("quorums", "r=2&w=quorum&dw=default&pr=one&pw=ALL&rw=3"),
-        ("flags", "notfound_ok=false&basic_quorum=true&returnbody=true&timeout=1500"),
+        (
+            "flags",
+            "notfound_ok=false&basic_quorum=true&returnbody=true&timeout=1500",
+        ),
         ("listing", "keys=stream&buckets=true&props=false"),
         ("encoded", "vtag=%41b%2Bc&r=%31&x+y=a+b"),
         ("bad", "r=%G1&timeout=-5&w=most"),
@@ -297,7 +351,10 @@ fn query_seeds() {
 
 fn request_head_seeds() {
     let mut head = frame(0, b"/buckets/people/keys/alice%20b");
-    head.extend(frame(1, b"</buckets/people/keys/bob>; riaktag=\"friend\", </buckets/people>; rel=\"up\""));
+    head.extend(frame(
+        1,
+        b"</buckets/people/keys/bob>; riaktag=\"friend\", </buckets/people>; rel=\"up\"",
+    ));
     head.extend(frame(2, b"multipart/mixed, */*;q=0.5"));
     head.extend(frame(3, b"text/plain; charset=UTF-8; format=flowed"));
     head.extend(frame(4, b"\"abc\", W/\"def\""));
@@ -310,7 +367,11 @@ fn request_head_seeds() {
     legacy.extend(frame(5, b"*"));
     legacy.extend(frame(7, b"Sun, 06 Nov 1994 08:49:37 GMT"));
     write("request_head", "legacy", &legacy);
-    write("request_head", "typed", &frame(0, b"/types/default/buckets/b/keys/k/preflist"));
+    write(
+        "request_head",
+        "typed",
+        &frame(0, b"/types/default/buckets/b/keys/k/preflist"),
+    );
 }
 
 fn main() {

@@ -245,6 +245,10 @@ fn quorum_message(needed: &u32, replied: &u32, what: &str) -> String {
 /// Implementations are shared between connections (`Arc<B>`), so every
 /// method takes `&self`. Futures must be `Send`: each connection runs on its
 /// own task.
+///
+/// Every method runs inside the client request's `request` tracing span and
+/// with [`crate::RequestId::current`] set to its id; a backend that does
+/// work elsewhere (other tasks, other nodes) carries the id there itself.
 pub trait Backend: Send + Sync + 'static {
     /// Reads a key. `Ok(None)`: no replica has it. `Ok(Some(obj))` with
     /// `obj.is_deleted()`: a tombstone, answered as `404` with its context.

@@ -16,6 +16,10 @@
 //! beyond checking a number against `n_val`. `/admin/...` and `/metrics` are
 //! passed through to the backend untouched.
 //!
+//! Every answer carries the request's id in `X-Request-Id` (the client's,
+//! when sane, else a new one; see [`request_id`]), and every log line
+//! written while serving it carries the id as `request_id`.
+//!
 //! Client security ([`auth`]): optional TLS (rustls) on the listener and
 //! optional HTTP Basic authentication of users with `read`, `write` and
 //! `admin` grants. Limits ([`limits`]): connections, requests in flight,
@@ -38,6 +42,7 @@ pub mod multipart;
 pub mod object;
 pub mod props;
 pub mod query;
+pub mod request_id;
 pub mod resources;
 pub mod response;
 pub mod routes;
@@ -51,6 +56,7 @@ pub use backend::{
     PreflistEntry, PutRequest, ReadQuorums, WriteQuorums,
 };
 pub use error::ApiError;
+pub use request_id::RequestId;
 pub use resources::RIAK_API_LEVEL;
 pub use server::{ServeError, serve};
 

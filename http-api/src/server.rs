@@ -12,6 +12,12 @@
 //! not fit the body budget gets `503` with `Retry-After` (see
 //! [`crate::limits`]).
 //!
+//! Request ids: every response of [`handle`], errors and overload
+//! included, carries the request's id in `X-Request-Id` (see
+//! [`crate::request_id`]). Answers written before there is a request to
+//! give an id to do not: the canned `503` to a connection beyond the limit,
+//! and hyper's own answers to a head it cannot parse (`400`, `431`).
+//!
 //! Shutdown: when the shutdown future completes the listener is closed, idle
 //! keep-alive connections are closed, and in-flight requests finish, for at
 //! most `drain_timeout`; connections still busy after that are cut.
@@ -36,7 +42,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::auth;
 use crate::backend::{AdminRequest, Backend};
@@ -44,6 +50,7 @@ use crate::error::ApiError;
 use crate::limits::{BodyBudget, Reservation, StallGuard};
 use crate::object::{self, Target};
 use crate::query::Query;
+use crate::request_id::{self, RequestId};
 use crate::response::{self, ResponseBody};
 use crate::routes::{self, Resource};
 use crate::{ServeConfig, listing, props, resources};
@@ -302,7 +309,38 @@ fn overloaded(what: &str) -> ApiError {
 /// Answers one request; never fails and never panics outward. `is_tls`
 /// says whether it arrived over TLS (credentials need it, see
 /// [`crate::auth`]).
+///
+/// The request gets its id first (the client's `X-Request-Id` if sane,
+/// else a new one): the answer carries it in `X-Request-Id`, whatever the
+/// status, and everything below runs in the `request` span holding it and
+/// with it as [`RequestId::current`].
 pub async fn handle<B: Backend>(
+    state: &State<B>,
+    req: Request<Incoming>,
+    is_tls: bool,
+) -> Response<ResponseBody> {
+    let given = RequestId::from_headers(req.headers());
+    let request_id = given.unwrap_or_else(RequestId::generate);
+    // Info level, so that the node's info, warn and error lines about the
+    // request carry the id too; creating it is one small allocation.
+    let span = info_span!("request", request_id = %request_id);
+    if given.is_none() && req.headers().contains_key(&request_id::HEADER) {
+        span.in_scope(|| {
+            debug!("ignored an X-Request-Id that is empty, too long or not visible ASCII")
+        });
+    }
+    let mut response = request_id
+        .scope(answer(state, req, is_tls))
+        .instrument(span)
+        .await;
+    response
+        .headers_mut()
+        .insert(request_id::HEADER, request_id.header_value());
+    response
+}
+
+/// [`handle`] once the request has its id.
+async fn answer<B: Backend>(
     state: &State<B>,
     req: Request<Incoming>,
     is_tls: bool,

@@ -1,6 +1,10 @@
 //! The node's side of the HTTP API: client requests go to the quorum
 //! coordinator; `/admin/...` views are answered from the node's state.
 //!
+//! Each call takes the client request's id ([`RequestId::current`], set by
+//! `http-api`) and hands it to the coordinator, which carries it to the
+//! replicas.
+//!
 //! A cluster with fewer members than a bucket's `n_val` keeps one replica per
 //! member and caps quorums at the member count (a quorum value above `n_val`
 //! is still a 400); `/stats` and `/admin/ring` say so rather than pretend.
@@ -13,7 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_api::{
     AdminRequest, AdminResponse, Backend, BackendError, DeleteRequest, GetRequest, KeyStream,
-    PreflistEntry, PutRequest,
+    PreflistEntry, PutRequest, RequestId,
 };
 use serde_json::{Value, json};
 use storage::{BucketProps, Content, ContextKey, Object};
@@ -386,7 +390,7 @@ fn now_us() -> u64 {
 impl Backend for NodeBackend {
     async fn get(&self, req: GetRequest) -> Result<Option<Object>, BackendError> {
         let started = Instant::now();
-        let result = self.coordinator.get(req).await;
+        let result = self.coordinator.get(req, RequestId::current()).await;
         let outcome = match &result {
             Ok(None) => "not_found",
             Ok(Some(object)) if object.is_deleted() => "not_found",
@@ -411,6 +415,7 @@ impl Backend for NodeBackend {
                 req.content,
                 req.quorums,
                 req.timeout,
+                RequestId::current(),
             )
             .await;
         self.metrics
@@ -430,6 +435,7 @@ impl Backend for NodeBackend {
                 tombstone,
                 req.quorums,
                 req.timeout,
+                RequestId::current(),
             )
             .await
             .map(|_| ());
@@ -448,19 +454,29 @@ impl Backend for NodeBackend {
         props: BucketProps,
     ) -> Result<(), BackendError> {
         props.validate()?;
-        self.coordinator.set_props(bucket, Some(props)).await
+        self.coordinator
+            .set_props(bucket, Some(props), RequestId::current())
+            .await
     }
 
     async fn reset_bucket_props(&self, bucket: Bytes) -> Result<(), BackendError> {
-        self.coordinator.set_props(bucket, None).await
+        self.coordinator
+            .set_props(bucket, None, RequestId::current())
+            .await
     }
 
     async fn list_buckets(&self) -> Result<KeyStream, BackendError> {
-        Ok(chunked(self.coordinator.list(None).await?))
+        Ok(chunked(
+            self.coordinator.list(None, RequestId::current()).await?,
+        ))
     }
 
     async fn list_keys(&self, bucket: Bytes) -> Result<KeyStream, BackendError> {
-        Ok(chunked(self.coordinator.list(Some(bucket)).await?))
+        Ok(chunked(
+            self.coordinator
+                .list(Some(bucket), RequestId::current())
+                .await?,
+        ))
     }
 
     async fn preflist(

@@ -30,19 +30,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http_api::BackendError;
+use http_api::{BackendError, RequestId};
 use membership::{Member, MemberState, RingState};
 use parking_lot::Mutex;
 use storage::{
     BucketProps, Content, Object, Quorum, Store, StoreError, VersionVector, WriteOptions,
 };
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
 use crate::cluster::{Cluster, RpcRequest, TAG_RPC};
 use crate::ring::{Ring, RingMember};
@@ -151,7 +150,6 @@ pub struct Coordinator {
     /// The last view, with the member generation and removed-set size it
     /// was built from: most requests reuse it.
     view_cache: Mutex<Option<(u64, usize, Arc<View>)>>,
-    next_request_id: AtomicU64,
     /// Nodes an operator removed from the cluster for good: in neither ring
     /// whatever they announce. Grows only; persisted and gossiped.
     removed: parking_lot::RwLock<std::collections::BTreeSet<u128>>,
@@ -233,7 +231,6 @@ impl Coordinator {
             ring_cache: Mutex::new(RingCache::default()),
             view_cache: Mutex::new(None),
             lanes: crate::lane::Lanes::default(),
-            next_request_id: AtomicU64::new(1),
             removed: parking_lot::RwLock::new(removed.into_iter().collect()),
         }
     }
@@ -366,17 +363,35 @@ impl Coordinator {
         request: Request,
         deadline: Instant,
     ) -> (Result<Response, String>, Traffic) {
+        self.call_serving(view_local, node, addr, request, Vec::new(), deadline)
+            .await
+    }
+
+    /// [`Coordinator::call_counted`] on behalf of client requests (see
+    /// [`Envelope::request_ids`]): the replica logs what it does with
+    /// their ids.
+    async fn call_serving(
+        self: &Arc<Self>,
+        view_local: u128,
+        node: u128,
+        addr: Option<std::net::SocketAddr>,
+        request: Request,
+        request_ids: Vec<Option<RequestId>>,
+        deadline: Instant,
+    ) -> (Result<Response, String>, Traffic) {
         if node == view_local {
-            if let Request::Batch(requests) = request {
-                return (
-                    Ok(self.execute_batch_async(requests).await),
-                    Traffic::default(),
-                );
+            rpc::log_serving(None, &request_ids, &request);
+            let result = if let Request::Batch(requests) = request {
+                Ok(self.execute_batch_async(requests).await)
+            } else {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.execute(request))
+                    .await
+                    .map_err(|e| format!("local replica task failed: {e}"))
+            };
+            if let Ok(response) = &result {
+                rpc::log_failures(&request_ids, response);
             }
-            let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || this.execute(request))
-                .await
-                .map_err(|e| format!("local replica task failed: {e}"));
             return (result, Traffic::default());
         }
         let Some(addr) = addr else {
@@ -388,7 +403,7 @@ impl Coordinator {
         let budget = deadline.saturating_duration_since(Instant::now());
         let envelope = Envelope {
             format: rpc::RPC_FORMAT,
-            request_id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            request_ids,
             budget_ms: budget.as_millis().min(u128::from(u32::MAX)) as u32,
             request,
         };
@@ -412,22 +427,29 @@ impl Coordinator {
 
     /// [`Coordinator::call`] through the node's lane for the request's kind
     /// (see [`crate::lane`]): reads and writes to one node travel in
-    /// batches. Other requests go alone.
+    /// batches. Other requests go alone. `request_id` is the client request
+    /// it serves, if any.
     pub async fn call_batched(
         self: &Arc<Self>,
         view_local: u128,
         node: u128,
         addr: Option<std::net::SocketAddr>,
         request: Request,
+        request_id: Option<RequestId>,
         deadline: Instant,
     ) -> Result<Response, String> {
         let Some(kind) = crate::lane::LaneKind::of(&request) else {
-            return self.call(view_local, node, addr, request, deadline).await;
+            let ids = request_id.map(|id| vec![Some(id)]).unwrap_or_default();
+            return self
+                .call_serving(view_local, node, addr, request, ids, deadline)
+                .await
+                .0;
         };
         let lane = self.lanes.sender(self, node, kind);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queued = crate::lane::Queued {
             request,
+            request_id,
             deadline,
             reply,
         };
@@ -455,6 +477,10 @@ impl Coordinator {
             return;
         }
         let deadline = live.iter().map(|q| q.deadline).max().unwrap_or(now);
+        let mut request_ids: Vec<Option<RequestId>> = live.iter().map(|q| q.request_id).collect();
+        if request_ids.iter().all(Option::is_none) {
+            request_ids.clear();
+        }
         let (requests, replies): (Vec<Request>, Vec<_>) =
             live.into_iter().map(|q| (q.request, q.reply)).unzip();
         let view = self.view();
@@ -468,18 +494,18 @@ impl Coordinator {
         } else {
             requests.into_iter().next().expect("one request")
         };
-        let answers: Vec<Result<Response, String>> =
-            match self.call(view.local, node, addr, request, deadline).await {
-                Ok(Response::Batch(responses)) if batched && responses.len() == count => {
-                    responses.into_iter().map(Ok).collect()
-                }
-                Ok(response) if !batched => vec![Ok(response)],
-                Ok(other) => {
-                    let err = format!("unexpected answer to a batch: {other:?}");
-                    vec![Err(err); count]
-                }
-                Err(err) => vec![Err(err); count],
-            };
+        let answered = self.call_serving(view.local, node, addr, request, request_ids, deadline);
+        let answers: Vec<Result<Response, String>> = match answered.await.0 {
+            Ok(Response::Batch(responses)) if batched && responses.len() == count => {
+                responses.into_iter().map(Ok).collect()
+            }
+            Ok(response) if !batched => vec![Ok(response)],
+            Ok(other) => {
+                let err = format!("unexpected answer to a batch: {other:?}");
+                vec![Err(err); count]
+            }
+            Err(err) => vec![Err(err); count],
+        };
         for (reply, answer) in replies.into_iter().zip(answers) {
             let _ = reply.send(answer);
         }
@@ -807,11 +833,17 @@ impl Coordinator {
             let this = self.clone();
             tokio::spawn(async move {
                 let response = match rpc::decode_envelope(&rpc_request.bytes) {
-                    Ok(envelope) => {
-                        let budget = Duration::from_millis(u64::from(envelope.budget_ms));
+                    Ok(Envelope {
+                        request_ids,
+                        budget_ms,
+                        request,
+                        ..
+                    }) => {
+                        rpc::log_serving(Some(rpc_request.from), &request_ids, &request);
+                        let budget = Duration::from_millis(u64::from(budget_ms));
                         let this2 = this.clone();
                         let work = async move {
-                            match envelope.request {
+                            match request {
                                 Request::Batch(requests) => {
                                     Ok(this2.execute_batch_async(requests).await)
                                 }
@@ -821,14 +853,28 @@ impl Coordinator {
                                 }
                             }
                         };
-                        match tokio::time::timeout(budget, work).await {
+                        let response = match tokio::time::timeout(budget, work).await {
                             Ok(Ok(response)) => response,
                             Ok(Err(err)) => Response::Error {
                                 kind: ErrorKind::Internal,
                                 message: err.to_string(),
                             },
                             // The caller gave up; an answer would go nowhere.
-                            Err(_) => return,
+                            Err(_) => {
+                                debug!(from = %rpc_request.from, ?request_ids, "replica request outlived its budget; dropped");
+                                return;
+                            }
+                        };
+                        rpc::log_failures(&request_ids, &response);
+                        response
+                    }
+                    Err(err @ rpc::DecodeError::Format(_)) => {
+                        // A peer of another version: not a bad request, a
+                        // replica that cannot serve this node now.
+                        debug!(from = %rpc_request.from, %err, "refused a replica request of another RPC format");
+                        Response::Error {
+                            kind: ErrorKind::Unavailable,
+                            message: format!("{err}; this node speaks format {}", rpc::RPC_FORMAT),
                         }
                     }
                     Err(err) => {
@@ -866,10 +912,12 @@ impl Coordinator {
         Ok(value.min(cap))
     }
 
-    /// Reads a key from its replicas.
+    /// Reads a key from its replicas; `request_id` is the client
+    /// request's, for the replicas' logs.
     pub async fn get(
         self: &Arc<Self>,
         req: http_api::GetRequest,
+        request_id: Option<RequestId>,
     ) -> Result<Option<Object>, BackendError> {
         self.ensure_joined()?;
         let props = self.props(&req.bucket).await?;
@@ -899,9 +947,11 @@ impl Coordinator {
             return Err(quorum_error(r, healthy.len() as u32, "r"));
         }
         let deadline = self.deadline(req.timeout);
-        let mut pending = self.fan_out(&view, &healthy, true, deadline, |_| Request::Get {
-            bucket: req.bucket.to_vec(),
-            key: req.key.to_vec(),
+        let mut pending = self.fan_out(&view, &healthy, true, deadline, request_id, |_| {
+            Request::Get {
+                bucket: req.bucket.to_vec(),
+                key: req.key.to_vec(),
+            }
         });
         let total = healthy.len() as u32;
         let mut answered: Vec<(u128, Option<Object>)> = Vec::new();
@@ -970,10 +1020,21 @@ impl Coordinator {
             let bucket = req.bucket.to_vec();
             let key = req.key.to_vec();
             let resolve_by_time = props.resolves_by_time();
-            tokio::spawn(async move {
-                this.read_repair(view, bucket, key, answered, pending, resolve_by_time)
+            tokio::spawn(
+                async move {
+                    this.read_repair(
+                        view,
+                        bucket,
+                        key,
+                        answered,
+                        pending,
+                        resolve_by_time,
+                        request_id,
+                    )
                     .await;
-            });
+                }
+                .in_current_span(),
+            );
         }
         let mut merged = merged;
         if props.resolves_by_time()
@@ -986,6 +1047,7 @@ impl Coordinator {
 
     /// Waits briefly for the remaining replies, then brings every replica
     /// that answered up to the merge of all answers.
+    #[allow(clippy::too_many_arguments)]
     async fn read_repair(
         self: Arc<Self>,
         view: Arc<View>,
@@ -994,6 +1056,7 @@ impl Coordinator {
         mut answered: Vec<(u128, Option<Object>)>,
         mut pending: FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>>,
         resolve_by_time: bool,
+        request_id: Option<RequestId>,
     ) {
         let window = Instant::now() + self.config.read_repair_window;
         while let Ok(Some(reply)) = tokio::time::timeout_at(window.into(), pending.next()).await {
@@ -1028,11 +1091,13 @@ impl Coordinator {
             resolve_by_time,
             sync: false,
         };
-        let mut repairs = self.fan_out(&view, &stale, true, deadline, |_| Request::Merge {
-            bucket: bucket.clone(),
-            key: key.clone(),
-            object: merged.clone(),
-            apply,
+        let mut repairs = self.fan_out(&view, &stale, true, deadline, request_id, |_| {
+            Request::Merge {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                object: merged.clone(),
+                apply,
+            }
         });
         while let Some(reply) = repairs.next().await {
             if let Err(err) = reply.result {
@@ -1041,13 +1106,15 @@ impl Coordinator {
         }
     }
 
-    /// Starts one request per node; replies arrive in completion order.
+    /// Starts one request per node on behalf of client request
+    /// `request_id`, if any; replies arrive in completion order.
     fn fan_out(
         self: &Arc<Self>,
         view: &View,
         nodes: &[u128],
         primary: bool,
         deadline: Instant,
+        request_id: Option<RequestId>,
         mut request: impl FnMut(u128) -> Request,
     ) -> FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>> {
         let pending = FuturesUnordered::new();
@@ -1058,7 +1125,7 @@ impl Coordinator {
             let request = request(node);
             pending.push(Box::pin(async move {
                 let result = this
-                    .call_batched(local, node, addr, request, deadline)
+                    .call_batched(local, node, addr, request, request_id, deadline)
                     .await;
                 Reply {
                     node,
@@ -1084,7 +1151,9 @@ impl Coordinator {
         }
     }
 
-    /// Writes `content` with `context` to the key's replicas.
+    /// Writes `content` with `context` to the key's replicas; `request_id`
+    /// is the client request's, for the replicas' logs.
+    #[allow(clippy::too_many_arguments)]
     pub async fn write(
         self: &Arc<Self>,
         bucket: Bytes,
@@ -1093,6 +1162,7 @@ impl Coordinator {
         content: Content,
         quorums: http_api::WriteQuorums,
         timeout: Option<Duration>,
+        request_id: Option<RequestId>,
     ) -> Result<Object, BackendError> {
         self.ensure_joined()?;
         let props = self.props(&bucket).await?;
@@ -1155,7 +1225,7 @@ impl Coordinator {
         };
         let minted = tokio::time::timeout_at(
             deadline.into(),
-            self.call_batched(view.local, minter, addr, put, deadline),
+            self.call_batched(view.local, minter, addr, put, request_id, deadline),
         )
         .await;
         let (object, durable) = match minted {
@@ -1209,8 +1279,11 @@ impl Coordinator {
                     object: object.clone(),
                     apply,
                 };
-                tokio::spawn(async move {
-                    match this.call_batched(local, minter, addr, hint, deadline).await {
+                let keep = async move {
+                    match this
+                        .call_batched(local, minter, addr, hint, request_id, deadline)
+                        .await
+                    {
                         Ok(Response::Written { .. }) => {}
                         other => warn!(
                             owner = format_args!("{primary:032x}"),
@@ -1218,7 +1291,8 @@ impl Coordinator {
                             "could not keep a hint for an unreachable primary"
                         ),
                     }
-                });
+                };
+                tokio::spawn(keep.in_current_span());
             }
         }
         let pending = FuturesUnordered::new();
@@ -1243,7 +1317,7 @@ impl Coordinator {
             };
             pending.push(Box::pin(async move {
                 let result = this
-                    .call_batched(local, node, addr, request, deadline)
+                    .call_batched(local, node, addr, request, request_id, deadline)
                     .await;
                 Reply {
                     node,
@@ -1307,7 +1381,7 @@ impl Coordinator {
         }
         // Let the remaining replicas finish in the background.
         if outstanding > 0 {
-            tokio::spawn(async move { while pending.next().await.is_some() {} });
+            tokio::spawn(async move { while pending.next().await.is_some() {} }.in_current_span());
         }
         Ok(object)
     }
@@ -1318,6 +1392,7 @@ impl Coordinator {
         self: &Arc<Self>,
         bucket: Bytes,
         props: Option<BucketProps>,
+        request_id: Option<RequestId>,
     ) -> Result<(), BackendError> {
         self.ensure_joined()?;
         let view = self.view();
@@ -1328,9 +1403,11 @@ impl Coordinator {
             .filter(|&id| view.healthy(id))
             .collect();
         let deadline = self.deadline(None);
-        let mut pending = self.fan_out(&view, &nodes, true, deadline, |_| Request::SetProps {
-            bucket: bucket.to_vec(),
-            props: props.clone(),
+        let mut pending = self.fan_out(&view, &nodes, true, deadline, request_id, |_| {
+            Request::SetProps {
+                bucket: bucket.to_vec(),
+                props: props.clone(),
+            }
         });
         let mut missed = Vec::new();
         while let Some(reply) = pending.next().await {
@@ -1403,6 +1480,7 @@ impl Coordinator {
     pub async fn list(
         self: &Arc<Self>,
         bucket: Option<Bytes>,
+        request_id: Option<RequestId>,
     ) -> Result<Vec<Vec<u8>>, BackendError> {
         self.ensure_joined()?;
         let view = self.view();
@@ -1414,8 +1492,10 @@ impl Coordinator {
             .filter(|&id| view.healthy(id))
             .collect();
         let deadline = self.deadline(None);
-        let mut pending = self.fan_out(&view, &nodes, true, deadline, |_| Request::List {
-            bucket: bucket.as_ref().map(|b| b.to_vec()),
+        let mut pending = self.fan_out(&view, &nodes, true, deadline, request_id, |_| {
+            Request::List {
+                bucket: bucket.as_ref().map(|b| b.to_vec()),
+            }
         });
         let mut names: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
         while let Some(reply) = pending.next().await {

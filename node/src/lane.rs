@@ -63,6 +63,9 @@ impl LaneKind {
 pub struct Queued {
     /// The request.
     pub request: Request,
+    /// The client request it serves, if any; it travels with the batch so
+    /// the replica logs each request under its own id.
+    pub request_id: Option<http_api::RequestId>,
     /// The caller gives up then.
     pub deadline: Instant,
     /// The answer.

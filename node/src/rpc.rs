@@ -2,24 +2,45 @@
 //!
 //! Every request travels on a QUIC stream of its own (see
 //! [`crate::transport`]), postcard-encoded inside an [`Envelope`] with a
-//! format version, a request id (for logs) and the time budget the caller
-//! has left, so a replica never works on a request its caller gave up on.
-//! Decoding untrusted bytes returns an error, never panics; objects from
-//! peers are checked with `Object::is_well_formed` before use.
+//! format version, the ids of the client requests it serves (for logs) and
+//! the time budget the caller has left, so a replica never works on a
+//! request its caller gave up on. Decoding untrusted bytes returns an
+//! error, never panics; objects from peers are checked with
+//! `Object::is_well_formed` before use.
+//!
+//! Request ids: each replica operation carries the id of the client
+//! request it serves ([`RequestId`], the one in the client's
+//! `X-Request-Id` answer), so the replica's log lines about it can be
+//! found with the coordinator's. A lane batch mixes operations of several
+//! client requests, so the envelope holds one id per operation. Work that
+//! no client asked for (anti-entropy, hand-off, reaping) has none; read
+//! repair has the id of the read that found the difference.
+//! [`log_serving`] and [`log_failures`] write the replica's lines (target
+//! `node::rpc`): one debug line per operation served, and one line per
+//! operation that failed (debug for a refusal the client hears about,
+//! warn when the replica cannot write, error for anything else).
 
+use http_api::RequestId;
 use serde::{Deserialize, Serialize};
 use storage::{BucketProps, Content, KeyDigest, Object, TreeId, VersionVector};
+use tracing::{Level, debug, error, warn};
 
-/// Format version of the envelope; a peer speaking another is refused.
-pub const RPC_FORMAT: u8 = 1;
+/// Format version of the envelope; a peer speaking another is refused with
+/// [`DecodeError::Format`] before the rest is decoded. Version 2 replaced
+/// version 1's per-RPC `u64` counter with client request ids.
+pub const RPC_FORMAT: u8 = 2;
 
 /// Wraps every request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
-    /// [`RPC_FORMAT`].
+    /// [`RPC_FORMAT`]; the first byte of the encoding (postcard writes a
+    /// `u8` as itself), so a peer can check it before decoding the rest.
     pub format: u8,
-    /// Chosen by the caller; appears in both sides' logs.
-    pub request_id: u64,
+    /// The client requests this serves, for both sides' logs: for a
+    /// [`Request::Batch`] one entry per request in order (`None` for one
+    /// that serves no client request), or none at all; for any other
+    /// request at most one. Checked on decode.
+    pub request_ids: Vec<Option<RequestId>>,
     /// Milliseconds the caller will still wait for the answer.
     pub budget_ms: u32,
     /// The request itself.
@@ -260,6 +281,15 @@ pub enum DecodeError {
     /// An object that breaks the dvv invariants.
     #[error("RPC message carries a malformed object")]
     BadObject,
+    /// Request ids that do not match the requests (see
+    /// [`Envelope::request_ids`]).
+    #[error("RPC message carries {ids} request ids for {requests} requests")]
+    RequestIds {
+        /// Ids carried.
+        ids: usize,
+        /// Requests carried.
+        requests: usize,
+    },
 }
 
 /// Encodes a value for the wire.
@@ -269,6 +299,13 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes and checks an envelope from a peer.
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    // The format first: another version's fields may decode as this one's
+    // and mean something else.
+    if let Some(&format) = bytes.first()
+        && format != RPC_FORMAT
+    {
+        return Err(DecodeError::Format(format));
+    }
     let envelope: Envelope = postcard::from_bytes(bytes)?;
     if envelope.format != RPC_FORMAT {
         return Err(DecodeError::Format(envelope.format));
@@ -276,7 +313,121 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if !request_well_formed(&envelope.request, true) {
         return Err(DecodeError::BadObject);
     }
+    let (ids, requests) = (envelope.request_ids.len(), envelope.request.operations());
+    let ids_fit = match envelope.request {
+        Request::Batch(_) => ids == 0 || ids == requests,
+        _ => ids <= 1,
+    };
+    if !ids_fit {
+        return Err(DecodeError::RequestIds { ids, requests });
+    }
     Ok(envelope)
+}
+
+impl Envelope {
+    /// The client request id of the `index`-th request (0 for a request
+    /// that is not a batch), if it serves one.
+    pub fn request_id(&self, index: usize) -> Option<RequestId> {
+        self.request_ids.get(index).copied().flatten()
+    }
+}
+
+impl Request {
+    /// Requests carried: those of a batch, else 1.
+    pub fn operations(&self) -> usize {
+        match self {
+            Request::Batch(requests) => requests.len(),
+            _ => 1,
+        }
+    }
+
+    /// The operation's name, bucket and key (for logs).
+    fn summary(&self) -> (&'static str, Option<&[u8]>, Option<&[u8]>) {
+        match self {
+            Request::Get { bucket, key } => ("get", Some(bucket), Some(key)),
+            Request::Put { bucket, key, .. } => ("put", Some(bucket), Some(key)),
+            Request::Merge { bucket, key, .. } => ("merge", Some(bucket), Some(key)),
+            Request::Hint { bucket, key, .. } => ("hint", Some(bucket), Some(key)),
+            Request::SetProps { bucket, .. } => ("set_props", Some(bucket), None),
+            Request::List { bucket } => ("list", bucket.as_deref(), None),
+            Request::AaeRoots => ("aae_roots", None, None),
+            Request::AaeBranches { .. } => ("aae_branches", None, None),
+            Request::AaeSegments { .. } => ("aae_segments", None, None),
+            Request::AaeKeys { .. } => ("aae_keys", None, None),
+            Request::TreeKeys { .. } => ("tree_keys", None, None),
+            Request::GetMany { .. } => ("get_many", None, None),
+            Request::MergeMany { .. } => ("merge_many", None, None),
+            Request::Holdings { .. } => ("holdings", None, None),
+            Request::Reap { .. } => ("reap", None, None),
+            Request::Versions { .. } => ("versions", None, None),
+            Request::Removed { .. } => ("removed", None, None),
+            Request::Batch(_) => ("batch", None, None),
+            Request::RemoveIfUnchanged { .. } => ("remove_if_unchanged", None, None),
+        }
+    }
+}
+
+/// Logs at debug level each request this replica is about to serve, with
+/// the client request id it serves; `from` is the peer, `None` for this
+/// node's own coordinator. Costs one check when debug is off.
+pub fn log_serving(
+    from: Option<std::net::SocketAddr>,
+    ids: &[Option<RequestId>],
+    request: &Request,
+) {
+    if !tracing::enabled!(Level::DEBUG) {
+        return;
+    }
+    let one = |index: usize, request: &Request| {
+        let (op, bucket, key) = request.summary();
+        let text = |name: &[u8]| String::from_utf8_lossy(name).escape_debug().to_string();
+        debug!(
+            request_id = ids
+                .get(index)
+                .copied()
+                .flatten()
+                .as_ref()
+                .map(RequestId::as_str),
+            op,
+            bucket = bucket.map(text),
+            key = key.map(text),
+            from = from.map(tracing::field::display),
+            "replica serving"
+        );
+    };
+    match request {
+        Request::Batch(requests) => requests.iter().enumerate().for_each(|(i, r)| one(i, r)),
+        other => one(0, other),
+    }
+}
+
+/// Logs every failed operation in a replica's answer with its client
+/// request id: debug for refusals the client is told about (bad request,
+/// too large, too many siblings), warn when the replica cannot write now,
+/// error for anything else. Successes log nothing.
+pub fn log_failures(ids: &[Option<RequestId>], response: &Response) {
+    let one = |index: usize, response: &Response| {
+        let Response::Error { kind, message } = response else {
+            return;
+        };
+        let request_id = ids.get(index).copied().flatten();
+        let request_id = request_id.as_ref().map(RequestId::as_str);
+        match kind {
+            ErrorKind::BadRequest | ErrorKind::TooLarge | ErrorKind::TooManySiblings => {
+                debug!(request_id, ?kind, %message, "replica refused a request");
+            }
+            ErrorKind::Unavailable => {
+                warn!(request_id, ?kind, %message, "replica could not serve a request");
+            }
+            ErrorKind::Internal => {
+                error!(request_id, ?kind, %message, "replica failed to serve a request");
+            }
+        }
+    };
+    match response {
+        Response::Batch(responses) => responses.iter().enumerate().for_each(|(i, r)| one(i, r)),
+        other => one(0, other),
+    }
 }
 
 /// Whether every object a request carries keeps the dvv invariants (and a
@@ -334,22 +485,180 @@ mod tests {
 
     #[test]
     fn round_trip_and_unknown_format() {
+        let id = RequestId::parse(b"test-req-7").unwrap();
         let envelope = Envelope {
             format: RPC_FORMAT,
-            request_id: 7,
+            request_ids: vec![Some(id)],
             budget_ms: 100,
-            request: Request::Get {
-                bucket: b"b".to_vec(),
-                key: b"k".to_vec(),
-            },
+            request: get(),
         };
         let bytes = encode(&envelope);
-        assert_eq!(decode_envelope(&bytes).unwrap().request_id, 7);
+        assert_eq!(decode_envelope(&bytes).unwrap().request_id(0), Some(id));
         let mut other = envelope;
         other.format = 9;
         assert!(matches!(
             decode_envelope(&encode(&other)),
             Err(DecodeError::Format(9))
         ));
+    }
+
+    fn get() -> Request {
+        Request::Get {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+        }
+    }
+
+    /// Format 1's envelope: a per-RPC counter where format 2 has ids.
+    #[derive(Serialize)]
+    struct EnvelopeV1 {
+        format: u8,
+        request_id: u64,
+        budget_ms: u32,
+        request: Request,
+    }
+
+    #[test]
+    fn an_older_format_is_refused_by_its_version_not_misread() {
+        let old = EnvelopeV1 {
+            format: 1,
+            request_id: 0,
+            budget_ms: 100,
+            request: get(),
+        };
+        assert!(matches!(
+            decode_envelope(&encode(&old)),
+            Err(DecodeError::Format(1))
+        ));
+    }
+
+    #[test]
+    fn each_request_of_a_batch_keeps_its_own_id() {
+        let (a, b) = (
+            RequestId::generate(),
+            RequestId::parse(b"client-b").unwrap(),
+        );
+        let envelope = Envelope {
+            format: RPC_FORMAT,
+            request_ids: vec![Some(a), None, Some(b)],
+            budget_ms: 100,
+            request: Request::Batch(vec![get(), get(), get()]),
+        };
+        let decoded = decode_envelope(&encode(&envelope)).unwrap();
+        assert_eq!(
+            (0..3).map(|i| decoded.request_id(i)).collect::<Vec<_>>(),
+            vec![Some(a), None, Some(b)]
+        );
+        // No ids at all is fine; some but not one per request is not.
+        let mut bare = envelope.clone();
+        bare.request_ids.clear();
+        assert!(decode_envelope(&encode(&bare)).is_ok());
+        let mut short = envelope.clone();
+        short.request_ids.pop();
+        assert!(matches!(
+            decode_envelope(&encode(&short)),
+            Err(DecodeError::RequestIds {
+                ids: 2,
+                requests: 3
+            })
+        ));
+        let single = Envelope {
+            request_ids: vec![Some(a), Some(b)],
+            request: get(),
+            ..envelope
+        };
+        assert!(decode_envelope(&encode(&single)).is_err());
+    }
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The JSON lines `log` writes at `level` and above.
+    fn captured(level: Level, log: impl FnOnce()) -> Vec<serde_json::Value> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(level)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_replica_logs_each_operation_and_each_failure_under_its_own_id() {
+        let (a, b) = (
+            RequestId::parse(b"req-a").unwrap(),
+            RequestId::parse(b"req-b").unwrap(),
+        );
+        let ids = [Some(a), Some(b), None];
+        let batch = Request::Batch(vec![get(), get(), get()]);
+        let served = captured(Level::DEBUG, || log_serving(None, &ids, &batch));
+        let served_ids: Vec<_> = served
+            .iter()
+            .map(|l| l["fields"]["request_id"].as_str())
+            .collect();
+        assert_eq!(served_ids, vec![Some("req-a"), Some("req-b"), None]);
+        assert!(served.iter().all(|l| l["fields"]["op"] == "get"));
+        // At info level normal operation logs nothing; a replica that
+        // cannot write warns under the failed operation's id only.
+        assert!(captured(Level::INFO, || log_serving(None, &ids, &batch)).is_empty());
+        let answer = Response::Batch(vec![
+            Response::Done,
+            Response::Error {
+                kind: ErrorKind::Unavailable,
+                message: "disk full".into(),
+            },
+            Response::Error {
+                kind: ErrorKind::TooLarge,
+                message: "too large".into(),
+            },
+        ]);
+        let failures = captured(Level::INFO, || log_failures(&ids, &answer));
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0]["level"], "WARN");
+        assert_eq!(failures[0]["fields"]["request_id"], "req-b");
+    }
+
+    #[test]
+    fn an_id_a_client_could_not_send_is_refused_from_a_peer_too() {
+        #[derive(Serialize)]
+        struct Forged<'a> {
+            format: u8,
+            request_ids: Vec<Option<&'a str>>,
+            budget_ms: u32,
+            request: Request,
+        }
+        let long = "x".repeat(RequestId::LEN_MAX + 1);
+        for bad in ["", "line\nbreak", long.as_str()] {
+            let forged = Forged {
+                format: RPC_FORMAT,
+                request_ids: vec![Some(bad)],
+                budget_ms: 100,
+                request: get(),
+            };
+            assert!(
+                matches!(
+                    decode_envelope(&encode(&forged)),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

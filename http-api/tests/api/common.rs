@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_api::{
     AdminRequest, AdminResponse, Backend, BackendError, DeleteRequest, GetRequest, KeyStream,
-    PreflistEntry, PutRequest, ServeConfig,
+    PreflistEntry, PutRequest, RequestId, ServeConfig,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -40,6 +40,8 @@ pub struct MemoryBackend {
     pub put_delay: Mutex<Duration>,
     /// Puts that reached the backend (counted before the delay).
     pub puts_started: AtomicU64,
+    /// [`RequestId::current`] in the last get or put.
+    pub last_request_id: Mutex<Option<RequestId>>,
 }
 
 impl MemoryBackend {
@@ -58,6 +60,7 @@ impl MemoryBackend {
             last_get: Mutex::default(),
             put_delay: Mutex::new(Duration::ZERO),
             puts_started: AtomicU64::new(0),
+            last_request_id: Mutex::default(),
         }
     }
 
@@ -145,6 +148,7 @@ fn chunked(mut names: Vec<Bytes>) -> KeyStream {
 impl Backend for MemoryBackend {
     async fn get(&self, req: GetRequest) -> Result<Option<Object>, BackendError> {
         *self.last_get.lock().unwrap() = Some(req.clone());
+        *self.last_request_id.lock().unwrap() = RequestId::current();
         Ok(self
             .objects
             .lock()
@@ -160,6 +164,7 @@ impl Backend for MemoryBackend {
             tokio::time::sleep(delay).await;
         }
         *self.last_put.lock().unwrap() = Some(req.clone());
+        *self.last_request_id.lock().unwrap() = RequestId::current();
         self.write(&req.bucket, &req.key, req.context, req.content)
     }
 

@@ -9,4 +9,5 @@ mod common;
 mod limits;
 mod objects;
 mod openapi;
+mod request_ids;
 mod security;

@@ -64,6 +64,8 @@ pub struct NodeProcess {
     secret: String,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// `RUST_LOG` of the process.
+    log_filter: String,
     child: Option<Child>,
 }
 
@@ -75,6 +77,16 @@ impl NodeProcess {
 
     /// Starts a node with its own cluster secret.
     pub fn start_with_secret(data_dir: &Path, secret: &str, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_with(data_dir, secret, extra_args, "info")
+    }
+
+    /// Starts a node logging with `RUST_LOG=log_filter`.
+    pub fn start_with(
+        data_dir: &Path,
+        secret: &str,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> NodeProcess {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let cluster = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let mut node = NodeProcess {
@@ -84,6 +96,7 @@ impl NodeProcess {
             secret: secret.to_owned(),
             log_path: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_filter: log_filter.to_owned(),
             child: None,
         };
         node.spawn();
@@ -108,7 +121,7 @@ impl NodeProcess {
             .arg("--cluster-secret")
             .arg(&self.secret)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -260,13 +273,26 @@ impl Drop for NodeProcess {
 /// Starts `count` nodes in `dir`, the first as the seed, and waits until
 /// every node sees all of them alive.
 pub fn cluster(dir: &Path, count: usize, extra_args: &[&str]) -> Vec<NodeProcess> {
-    let seed = NodeProcess::start(&dir.join("n0"), extra_args);
+    cluster_logging(dir, count, extra_args, "info")
+}
+
+/// [`cluster`] with `RUST_LOG=log_filter` on every node.
+pub fn cluster_logging(
+    dir: &Path,
+    count: usize,
+    extra_args: &[&str],
+    log_filter: &str,
+) -> Vec<NodeProcess> {
+    let start = |name: String, args: &[&str]| {
+        NodeProcess::start_with(&dir.join(name), TEST_SECRET, args, log_filter)
+    };
+    let seed = start("n0".to_owned(), extra_args);
     let join = seed.cluster.to_string();
     let mut nodes = vec![seed];
     for i in 1..count {
         let mut args: Vec<&str> = vec!["--join", &join];
         args.extend_from_slice(extra_args);
-        nodes.push(NodeProcess::start(&dir.join(format!("n{i}")), &args));
+        nodes.push(start(format!("n{i}"), &args));
     }
     wait_until(
         "every node to see the whole cluster alive and owning partitions",
