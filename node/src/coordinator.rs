@@ -192,7 +192,9 @@ fn store_error(err: StoreError) -> (ErrorKind, String) {
         | StoreError::InvalidObject(_) => ErrorKind::BadRequest,
         StoreError::ObjectTooLarge { .. } => ErrorKind::TooLarge,
         StoreError::TooManySiblings { .. } => ErrorKind::TooManySiblings,
-        StoreError::Poisoned | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
+        StoreError::Poisoned { .. }
+        | StoreError::DiskFull { .. }
+        | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
     (kind, err.to_string())
@@ -518,7 +520,13 @@ impl Coordinator {
                 self.store.on_durable(seq, move |result| {
                     let _ = tx.send(result);
                 });
-                rx.await.unwrap_or(Err(StoreError::Poisoned))
+                // The store calls back exactly once; a dropped callback is
+                // a bug, and the write must not count as durable.
+                rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Io(std::io::Error::other(
+                        "the durability callback was dropped",
+                    )))
+                })
             }
         };
         if staged.want_sync && matches!(durability, Ok(false)) {
@@ -528,7 +536,9 @@ impl Coordinator {
             let durability = match synced {
                 Ok(Ok(())) => Ok(true),
                 Ok(Err(err)) => Err(err),
-                Err(_) => Err(StoreError::Poisoned),
+                Err(err) => Err(StoreError::Io(std::io::Error::other(format!(
+                    "the fsync task failed: {err}"
+                )))),
             };
             return self.finish_batch(staged, durability);
         }

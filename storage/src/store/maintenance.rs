@@ -215,7 +215,7 @@ impl Store {
         digest: u64,
     ) -> Result<bool, StoreError> {
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_removal()?;
         let store_key = object_key(bucket, key);
         let guard = self.lock(&store_key);
         let Some(object) = self.read(bucket, key, &store_key)? else {
@@ -234,7 +234,7 @@ impl Store {
             batch.remove(&self.tombstones, store_key);
         }
         let append = self.syncer.begin_append();
-        batch.commit()?;
+        self.syncer.write_journal(|| batch.commit())?;
         let seq = append.finish();
         self.trees.apply(bucket, key, placement, old_entry, None);
         drop(guard);
@@ -257,7 +257,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering as AtomicOrdering;
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_removal()?;
         if !tombstone.is_deleted() || !tombstone.is_well_formed() {
             return Err(StoreError::InvalidObject("only a tombstone can be reaped"));
         }
@@ -274,7 +274,7 @@ impl Store {
             let hint = decode_object(&format!("hint {}", escape(&hint_key)), &bytes)?;
             if tombstone.version.descends(&hint.version) {
                 let append = self.syncer.begin_append();
-                self.hints.remove(hint_key)?;
+                self.syncer.write_journal(|| self.hints.remove(hint_key))?;
                 seq = append.finish();
                 self.hint_count.fetch_sub(1, AtomicOrdering::Relaxed);
             }
@@ -292,7 +292,7 @@ impl Store {
                 batch.remove(&self.index, index_key);
                 batch.remove(&self.tombstones, store_key.clone());
                 let append = self.syncer.begin_append();
-                batch.commit()?;
+                self.syncer.write_journal(|| batch.commit())?;
                 seq = append.finish();
                 self.trees.apply(bucket, key, placement, old_entry, None);
                 bump(&self.counters.keys_removed);
@@ -429,9 +429,8 @@ impl Store {
             self.index_exact.fetch_add(1, Ordering::AcqRel);
             self.index_unverified.store(false, Ordering::Release);
             let result = self.verify_range(None, &mut report).and_then(|()| {
-                self.meta
-                    .insert(META_INDEX_VERSION, layout::encode_u64(1))
-                    .map_err(StoreError::from)
+                self.syncer
+                    .write_journal(|| self.meta.insert(META_INDEX_VERSION, layout::encode_u64(1)))
             });
             self.index_exact.fetch_sub(1, Ordering::AcqRel);
             if let Err(err) = result {
@@ -498,7 +497,8 @@ impl Store {
                 }
             } else {
                 // A key this store never writes: drop it.
-                self.index.remove(index_key)?;
+                self.admit_removal()?;
+                self.syncer.write_journal(|| self.index.remove(index_key))?;
                 report.records_fixed += 1;
             }
             pace.tick();
@@ -554,6 +554,8 @@ impl Store {
         if old_entry == new_entry && tombstone_record == deleted_at {
             return Ok(false);
         }
+        // A repair can add records: held to the reserve like any write.
+        self.admit_write()?;
         let mut batch = self.db.batch();
         match new_entry {
             Some(entry) => batch.insert(&self.index, index_key, aae::encode_entry(entry)),
@@ -563,7 +565,7 @@ impl Store {
             Some(at) => batch.insert(&self.tombstones, store_key, layout::encode_u64(at)),
             None => batch.remove(&self.tombstones, store_key),
         }
-        batch.commit()?;
+        self.syncer.write_journal(|| batch.commit())?;
         self.syncer.note_write();
         self.trees
             .apply(bucket, key, placement, old_entry, new_entry);

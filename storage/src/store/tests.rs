@@ -795,25 +795,25 @@ fn a_failed_fsync_poisons_the_store() {
     // The write reached the journal but its fsync failed: not acknowledged.
     assert!(matches!(
         store.put(b"b", b"k2", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     // Every later write is refused; reads still work.
     assert!(matches!(
         store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     assert!(matches!(
         store.merge(b"b", b"k", &written.object, REPAIR),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     assert!(matches!(
         store.set_bucket_props(b"b", &BucketProps::default()),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
-    assert!(matches!(store.sync_all(), Err(StoreError::Poisoned)));
+    assert!(matches!(store.sync_all(), Err(StoreError::Poisoned { .. })));
     assert_eq!(store.get(b"b", b"k").unwrap(), Some(written.object));
     assert!(store.stats().poisoned);
-    assert!(matches!(store.close(), Err(StoreError::Poisoned)));
+    assert!(matches!(store.close(), Err(StoreError::Poisoned { .. })));
     // A restart recovers from the journal.
     let store = open(dir.path(), SyncPolicy::Always);
     assert!(store.get(b"b", b"k").unwrap().is_some());
@@ -843,7 +843,7 @@ fn a_failed_interval_fsync_poisons_later_writes() {
     }
     assert!(matches!(
         store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
 }
 
@@ -1199,7 +1199,7 @@ fn durability_callbacks_fire_after_the_fsync_or_with_the_poison() {
     store.on_durable(deferred.seq, move |r| tx.send(r).unwrap());
     assert!(matches!(
         rx.recv_timeout(timeout),
-        Ok(Err(StoreError::Poisoned))
+        Ok(Err(StoreError::Poisoned { .. }))
     ));
 }
 
