@@ -32,7 +32,7 @@
 //!   acknowledged at all (the store is poisoned until restart).
 //! - No write that grows the store starts while the disk is below the
 //!   reserve ([`crate::space`]); removals still run, since they are what
-//!   frees space.
+//!   frees space, and so do the node's few bytes of cluster state.
 //!
 //! Reads see writes as soon as they are applied, before their fsync: a reader
 //! may observe a write whose writer is still waiting for durability (and that
@@ -744,7 +744,7 @@ impl Store {
     /// returning.
     pub fn reset_bucket_props(&self, bucket: &[u8]) -> Result<(), StoreError> {
         self.limits.check_bucket(bucket)?;
-        self.admit_removal()?;
+        self.admit_into_reserve()?;
         self.syncer.write_journal(|| self.props.remove(bucket))?;
         self.syncer.note_write();
         self.syncer.sync_now()?;
@@ -791,9 +791,11 @@ impl Store {
             .map(|bytes| bytes.to_vec()))
     }
 
-    /// Stores a cluster metadata record; durable before returning.
+    /// Stores a cluster metadata record; durable before returning. Taken
+    /// even while the disk is below the reserve: these records are small,
+    /// and a leave needs them.
     pub fn set_cluster_meta(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.admit_write()?;
+        self.admit_into_reserve()?;
         self.syncer
             .write_journal(|| self.meta.insert(format!("cluster:{name}"), bytes.to_vec()))?;
         self.syncer.note_write();
@@ -919,7 +921,7 @@ impl Store {
         if stored != *delivered {
             return Ok(false);
         }
-        self.admit_removal()?;
+        self.admit_into_reserve()?;
         self.syncer.write_journal(|| self.hints.remove(&hint_key))?;
         self.syncer.note_write();
         self.hint_count.fetch_sub(1, Ordering::Relaxed);
@@ -944,14 +946,21 @@ impl Store {
         self.syncer.shutdown()
     }
 
-    /// A snapshot of the store's counters.
-    ///
-    /// Also probes the free space if the last probe is stale, and asks the
-    /// engine whether it still takes writes, so a scrape sees a refusal end
-    /// (or a background flush fail) without waiting for a write.
-    pub fn stats(&self) -> StoreStats {
+    /// Brings what the store knows of its disk up to date without waiting
+    /// for a write: probes the free space if the last probe is stale (so a
+    /// refusal for lack of space ends once space is freed), and asks the
+    /// engine whether it still takes writes (so a failed background flush
+    /// or compaction poisons the store and is logged at once). Blocking: it
+    /// may wait for an fsync in progress. [`Store::maintain`] calls it.
+    pub fn check_disk(&self) {
         self.space.refresh();
         self.syncer.check_engine();
+    }
+
+    /// A snapshot of the store's counters.
+    /// The disk figures are those of the last probe: writes and
+    /// [`Store::check_disk`] take them.
+    pub fn stats(&self) -> StoreStats {
         let mut stats = self.counters.snapshot();
         stats.disk_full = self.space.is_full();
         stats.disk_available_bytes = self.space.available_bytes();
@@ -1138,14 +1147,16 @@ impl Store {
     /// Admits a write that grows the store: refused once poisoned, or
     /// while the disk is below the reserve. Refusals are counted.
     fn admit_write(&self) -> Result<(), StoreError> {
-        self.admit_removal()?;
+        self.admit_into_reserve()?;
         self.space.admit()
     }
 
-    /// Admits a write that removes records (reaping, hand-off, delivered
-    /// hints): refused once poisoned, but not for lack of space, since
-    /// removing is how space comes back. Refusals are counted.
-    fn admit_removal(&self) -> Result<(), StoreError> {
+    /// Admits a write that may use the reserve: removals (reaping,
+    /// hand-off, delivered hints), since removing is how space comes back,
+    /// and the few bytes of the node's own cluster state (a leave must be
+    /// recorded even on a full disk, or the node could not be drained).
+    /// Refused only once poisoned (counted).
+    fn admit_into_reserve(&self) -> Result<(), StoreError> {
         self.syncer.check_writable().inspect_err(|_| {
             bump(&self.counters.write_refusals_poisoned);
         })

@@ -215,7 +215,7 @@ impl Store {
         digest: u64,
     ) -> Result<bool, StoreError> {
         self.limits.check_key(bucket, key)?;
-        self.admit_removal()?;
+        self.admit_into_reserve()?;
         let store_key = object_key(bucket, key);
         let guard = self.lock(&store_key);
         let Some(object) = self.read(bucket, key, &store_key)? else {
@@ -257,7 +257,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering as AtomicOrdering;
         self.limits.check_key(bucket, key)?;
-        self.admit_removal()?;
+        self.admit_into_reserve()?;
         if !tombstone.is_deleted() || !tombstone.is_well_formed() {
             return Err(StoreError::InvalidObject("only a tombstone can be reaped"));
         }
@@ -415,10 +415,12 @@ impl Store {
     }
 
     /// Background upkeep; call it periodically from a blocking thread:
-    /// builds the trees if they were never built, verifies the index against
-    /// the objects when asked to (or when the directory predates it), and
-    /// moves the keys of buckets whose `n_val` changed to their new trees.
+    /// checks the disk ([`Store::check_disk`]), builds the trees if they
+    /// were never built, verifies the index against the objects when asked
+    /// to (or when the directory predates it), and moves the keys of
+    /// buckets whose `n_val` changed to their new trees.
     pub fn maintain(&self) -> Result<MaintenanceReport, StoreError> {
+        self.check_disk();
         let mut report = MaintenanceReport::default();
         if self.trees.builds() == 0 {
             self.rebuild_trees()?;
@@ -497,7 +499,7 @@ impl Store {
                 }
             } else {
                 // A key this store never writes: drop it.
-                self.admit_removal()?;
+                self.admit_into_reserve()?;
                 self.syncer.write_journal(|| self.index.remove(index_key))?;
                 report.records_fixed += 1;
             }
