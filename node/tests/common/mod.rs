@@ -75,6 +75,26 @@ impl NodeProcess {
 
     /// Starts a node with its own cluster secret.
     pub fn start_with_secret(data_dir: &Path, secret: &str, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_full(
+            data_dir,
+            &data_dir.with_extension("log"),
+            secret,
+            extra_args,
+        )
+    }
+
+    /// Starts a node whose log goes to `log_path` (for a data directory on
+    /// a filesystem that should hold nothing else).
+    pub fn start_logging_to(data_dir: &Path, log_path: &Path, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_full(data_dir, log_path, TEST_SECRET, extra_args)
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        log_path: &Path,
+        secret: &str,
+        extra_args: &[&str],
+    ) -> NodeProcess {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let cluster = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let mut node = NodeProcess {
@@ -82,7 +102,7 @@ impl NodeProcess {
             http,
             cluster,
             secret: secret.to_owned(),
-            log_path: data_dir.with_extension("log"),
+            log_path: log_path.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
