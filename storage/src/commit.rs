@@ -27,18 +27,24 @@
 //! fsync could succeed without the data (the "fsyncgate" lesson).
 //!
 //! A failed journal append poisons it too, whatever the errno, ENOSPC
-//! included ([`Syncer::write_journal`]). This is not a choice we could make
-//! otherwise: fjall poisons itself on any failed journal write (part of
-//! the entry may be in the file, and its buffered writer may still hold the
-//! rest), and only reopening the database clears it. So a write that met
+//! included (`Syncer::write_journal`). Retrying after ENOSPC is not ours to
+//! choose: fjall poisons itself on any failed journal write (part of the
+//! entry may be in the file, and its buffered writer may still hold the
+//! rest) and only reopening the database clears that. Reopening in-process
+//! would mean swapping every keyspace handle under running writers; a
+//! restart does the same with less to get wrong. So a write that met
 //! ENOSPC, and every write still waiting for its fsync, is refused, never
 //! acknowledged; the journal may keep it torn (recovery drops a torn tail)
 //! or, if fjall's buffered writer finishes it on close, whole: its outcome
 //! is indeterminate, as for any write a client saw fail. The disk reserve
-//! ([`crate::space`]) is what keeps ENOSPC from reaching the journal in the
-//! first place. fjall also poisons itself when a background flush or
-//! compaction fails; it says so only when asked, which the next write, an
-//! fsync or [`Syncer::check_engine`] does.
+//! ([`crate::space`]) is what keeps ENOSPC from reaching the journal, so
+//! that a full disk is normally a refusal that ends once space is freed.
+//! fjall also poisons itself when a background flush or compaction fails;
+//! it says so only when asked, which the next write, an fsync or
+//! `Syncer::check_engine` does. Either way reads go on, and nothing
+//! already stored is touched: a failed flush leaves its memtable and the
+//! journal behind it in place, and fjall deletes the half-written table on
+//! the next open.
 //!
 //! Invariant: `synced_seq <= written_seq`, and a write with sequence number
 //! `s` was appended to the journal before `written_seq` reached `s`, so an
@@ -123,6 +129,8 @@ pub(crate) type DurableCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Sen
 
 struct Shared {
     db: fjall::Database,
+    /// The data directory, for the log.
+    path: std::path::PathBuf,
     counters: Arc<Counters>,
     state: Mutex<State>,
     /// Signalled when `synced_seq` advances or the store is poisoned.
@@ -146,9 +154,11 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the committer (`Always`) or interval thread (`Interval`).
+    /// Starts the committer (`Always`) or interval thread (`Interval`) for
+    /// the database in `path`.
     pub(crate) fn start(
         db: fjall::Database,
+        path: std::path::PathBuf,
         policy: SyncPolicy,
         counters: Arc<Counters>,
     ) -> Result<Syncer, StoreError> {
@@ -161,6 +171,7 @@ impl Syncer {
         }
         let shared = Arc::new(Shared {
             db,
+            path,
             counters,
             state: Mutex::new(State::default()),
             synced: Condvar::new(),
@@ -295,9 +306,9 @@ impl Syncer {
         if state.synced_seq >= seq {
             drop(state);
             callback(Ok(true));
-        } else if self.shared.is_poisoned() {
+        } else if let Err(poisoned) = self.shared.check_writable() {
             drop(state);
-            callback(self.shared.check_writable().map(|()| true));
+            callback(Err(poisoned));
         } else {
             state.waiters.push((seq, callback));
         }
@@ -425,10 +436,11 @@ impl Shared {
             self.counters.poisoned.store(true, Ordering::Release);
         }
         tracing::error!(
+            path = %self.path.display(),
             %err,
             %cause,
-            "storage refuses writes until the node restarts (reads go on; every write \
-             acknowledged before is durable, later ones were refused)"
+            "storage refuses writes until the node restarts; reads go on, and no write is \
+             acknowledged from now on"
         );
         // Take the lock so no waiter can miss the wake-up between its
         // poison check and its wait.

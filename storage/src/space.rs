@@ -29,7 +29,7 @@
 //! admits no write that grows it while `full`.
 //!
 //! This module does not know what is written; the store calls
-//! [`SpaceGuard::admit`] before a write and [`SpaceGuard::note_appended`]
+//! `SpaceGuard::admit` before a write and `SpaceGuard::note_appended`
 //! after it.
 
 use std::path::PathBuf;

@@ -285,7 +285,12 @@ impl Store {
             props_cache.insert(bucket.to_vec(), props);
         }
         let counters = Arc::new(Counters::default());
-        let syncer = Syncer::start(db.clone(), config.sync, counters.clone())?;
+        let syncer = Syncer::start(
+            db.clone(),
+            config.data_dir.clone(),
+            config.sync,
+            counters.clone(),
+        )?;
         let space = SpaceGuard::new(
             config.data_dir.clone(),
             config.disk_reserve_bytes,
