@@ -303,6 +303,11 @@ async fn maintain(store: Arc<Store>) {
                 "anti-entropy maintenance done"
             ),
             Ok(Ok(_)) => {}
+            // The store logged why it refuses writes, once; do not repeat
+            // it every second.
+            Ok(Err(
+                err @ (storage::StoreError::DiskFull { .. } | storage::StoreError::Poisoned { .. }),
+            )) => debug!(%err, "anti-entropy maintenance waits for storage to take writes"),
             Ok(Err(err)) => warn!(%err, "anti-entropy maintenance failed; retrying"),
             Err(err) => error!(%err, "anti-entropy maintenance panicked"),
         }

@@ -252,6 +252,18 @@ pub fn run(
                 if let Some(note) = s["replication_note"].as_str() {
                     println!("note: {note}");
                 }
+                let storage = &s["storage"];
+                if storage["poisoned"].as_bool() == Some(true) {
+                    println!(
+                        "storage refuses writes until the node restarts: {} (see the log)",
+                        storage["poison_cause"].as_str().unwrap_or("?")
+                    );
+                } else if storage["disk_full"].as_bool() == Some(true) {
+                    println!(
+                        "storage refuses writes: disk full, {} bytes available, reserve {} bytes",
+                        storage["disk_available_bytes"], storage["disk_reserve_bytes"]
+                    );
+                }
             })
         }
         AdminCommand::Ring => {

@@ -83,6 +83,14 @@ pub struct RawConfig {
     /// Largest object accepted, in bytes (Riak's default: 50 MiB).
     #[arg(long, env = "STARLING_OBJECT_SIZE_BYTES_MAX")]
     pub object_size_bytes_max: Option<u64>,
+    /// Free space kept on the data directory's filesystem, in bytes
+    /// (default 512 MiB): below it the node refuses writes with `503`
+    /// ("disk full") and serves reads, and takes writes again once an
+    /// eighth more is free. It is room for the storage engine's flushes and
+    /// compactions. 0 turns it off: a disk that fills up then stops writes
+    /// until the node restarts.
+    #[arg(long, env = "STARLING_DISK_RESERVE_BYTES")]
+    pub disk_reserve_bytes: Option<u64>,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "STARLING_SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
@@ -183,6 +191,7 @@ impl RawConfig {
             zone: over.zone.or(self.zone),
             sync: over.sync.or(self.sync),
             sync_interval_ms: over.sync_interval_ms.or(self.sync_interval_ms),
+            disk_reserve_bytes: over.disk_reserve_bytes.or(self.disk_reserve_bytes),
             object_size_bytes_max: over.object_size_bytes_max.or(self.object_size_bytes_max),
             shutdown_drain_ms: over.shutdown_drain_ms.or(self.shutdown_drain_ms),
             log_format: over.log_format.or(self.log_format),
@@ -297,6 +306,8 @@ pub struct Config {
     pub sync: SyncPolicy,
     /// Storage limits.
     pub limits: Limits,
+    /// Free space below which the store refuses writes (0: no check).
+    pub disk_reserve_bytes: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_drain: Duration,
     /// Log format.
@@ -316,6 +327,9 @@ pub struct Config {
 /// Shortest cluster secret accepted: a guessable secret lets an outsider
 /// forge causal contexts (and later, join the cluster).
 const CLUSTER_SECRET_LEN_MIN: usize = 16;
+
+/// Largest disk reserve accepted: more is surely a unit mistake.
+const DISK_RESERVE_BYTES_MAX: u64 = 1 << 40;
 
 impl Config {
     /// Fills defaults and validates.
@@ -362,6 +376,12 @@ impl Config {
             limits.object_size_bytes_warn = limits.object_size_bytes_warn.min(max);
         }
         let http = http_config(&http_raw, &limits)?;
+        let disk_reserve_bytes = raw
+            .disk_reserve_bytes
+            .unwrap_or(storage::DEFAULT_DISK_RESERVE_BYTES);
+        if disk_reserve_bytes > DISK_RESERVE_BYTES_MAX {
+            bail!("disk_reserve_bytes must be at most 1 TiB, got {disk_reserve_bytes}");
+        }
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -487,6 +507,7 @@ impl Config {
             cluster_secret: raw.cluster_secret,
             sync,
             limits,
+            disk_reserve_bytes,
             shutdown_drain: Duration::from_millis(shutdown_drain_ms),
             log_format,
         })
@@ -611,6 +632,9 @@ mod tests {
         let c = Config::from_raw(RawConfig::default()).unwrap();
         assert_eq!(c.http_listen.port(), 8098);
         assert!(matches!(c.sync, SyncPolicy::Always));
+        assert_eq!(c.disk_reserve_bytes, 512 << 20);
+        let off: RawConfig = toml::from_str("disk_reserve_bytes = 0").unwrap();
+        assert_eq!(Config::from_raw(off).unwrap().disk_reserve_bytes, 0);
     }
 
     #[test]
@@ -675,6 +699,7 @@ mod tests {
             "delete_mode = \"soon\"",
             "delete_mode = \"500\"",
             "aae_interval_ms = 5",
+            "disk_reserve_bytes = 2000000000000",
         ] {
             let parsed = toml::from_str::<RawConfig>(toml_text)
                 .map_err(anyhow::Error::from)

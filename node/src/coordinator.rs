@@ -190,7 +190,9 @@ fn store_error(err: StoreError) -> (ErrorKind, String) {
         | StoreError::InvalidObject(_) => ErrorKind::BadRequest,
         StoreError::ObjectTooLarge { .. } => ErrorKind::TooLarge,
         StoreError::TooManySiblings { .. } => ErrorKind::TooManySiblings,
-        StoreError::Poisoned | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
+        StoreError::Poisoned { .. }
+        | StoreError::DiskFull { .. }
+        | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
     (kind, err.to_string())
@@ -544,7 +546,13 @@ impl Coordinator {
                 self.store.on_durable(seq, move |result| {
                     let _ = tx.send(result);
                 });
-                rx.await.unwrap_or(Err(StoreError::Poisoned))
+                // The store calls back exactly once; a dropped callback is
+                // a bug, and the write must not count as durable.
+                rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Io(std::io::Error::other(
+                        "the durability callback was dropped",
+                    )))
+                })
             }
         };
         if staged.want_sync && matches!(durability, Ok(false)) {
@@ -554,7 +562,9 @@ impl Coordinator {
             let durability = match synced {
                 Ok(Ok(())) => Ok(true),
                 Ok(Err(err)) => Err(err),
-                Err(_) => Err(StoreError::Poisoned),
+                Err(err) => Err(StoreError::Io(std::io::Error::other(format!(
+                    "the fsync task failed: {err}"
+                )))),
             };
             return self.finish_batch(staged, durability);
         }
@@ -1244,6 +1254,17 @@ impl Coordinator {
             })) => {
                 return Err(too_many_siblings(&message));
             }
+            Ok(Ok(Response::Error {
+                kind: ErrorKind::Unavailable,
+                message,
+            })) => {
+                // Say whose storage refused (a full disk, a poisoned store):
+                // in a cluster it need not be the node the client asked.
+                return Err(BackendError::Unavailable(format!(
+                    "node {} refused the write: {message}",
+                    view.name(minter)
+                )));
+            }
             Ok(Ok(Response::Error { kind, message })) => return Err(refusal(kind, message)),
             Ok(Ok(other)) => {
                 return Err(BackendError::Internal(format!(
@@ -1330,6 +1351,16 @@ impl Coordinator {
         let mut pending = pending;
         let (mut acks, mut durable_acks, mut primary_acks) = (1u32, u32::from(durable), 1u32);
         let mut outstanding = pending.len() as u32;
+        // The first replica whose storage refused (disk full, poisoned):
+        // named in a missed quorum, so the client learns why.
+        let mut refused: Option<String> = None;
+        let missed = |needed: u32, replied: u32, what: &str, refused: &Option<String>| {
+            let what = match refused {
+                Some(refusal) => format!("{what} ({refusal})"),
+                None => what.to_owned(),
+            };
+            quorum_error(needed, replied, &what)
+        };
         loop {
             if acks >= w && durable_acks >= dw && primary_acks >= pw {
                 break;
@@ -1342,13 +1373,13 @@ impl Coordinator {
                         what: "w (timed out)".to_owned(),
                     });
                 }
-                return Err(quorum_error(w, acks, "w"));
+                return Err(missed(w, acks, "w", &refused));
             }
             if durable_acks + outstanding < dw {
-                return Err(quorum_error(dw, durable_acks, "dw"));
+                return Err(missed(dw, durable_acks, "dw", &refused));
             }
             if primary_acks + outstanding < pw {
-                return Err(quorum_error(pw, primary_acks, "pw"));
+                return Err(missed(pw, primary_acks, "pw", &refused));
             }
             match tokio::time::timeout_at(deadline.into(), pending.next()).await {
                 Ok(Some(reply)) => {
@@ -1358,6 +1389,21 @@ impl Coordinator {
                             acks += 1;
                             durable_acks += u32::from(durable);
                             primary_acks += u32::from(reply.primary);
+                        }
+                        // A replica whose storage refuses writes logs that
+                        // itself, once; a line per write here would be spam.
+                        Ok(Response::Error {
+                            kind: ErrorKind::Unavailable,
+                            message,
+                        }) => {
+                            debug!(
+                                node = format_args!("{:032x}", reply.node),
+                                %message,
+                                "replica refused a write"
+                            );
+                            refused.get_or_insert_with(|| {
+                                format!("node {} refused: {message}", view.name(reply.node))
+                            });
                         }
                         Ok(other) => warn!(
                             node = format_args!("{:032x}", reply.node),
@@ -1369,7 +1415,7 @@ impl Coordinator {
                         }
                     }
                 }
-                Ok(None) => return Err(quorum_error(w, acks, "w")),
+                Ok(None) => return Err(missed(w, acks, "w", &refused)),
                 Err(_) => {
                     return Err(BackendError::QuorumNotMet {
                         needed: w,

@@ -192,6 +192,16 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let store = self.coordinator.store().stats();
@@ -259,9 +269,57 @@ impl Collector for NodeCollector {
         gauge(
             &mut encoder,
             "storage_poisoned",
-            "1 if a failed fsync stopped writes",
+            "1 if a failed write to disk (fsync, journal append, background flush) stopped writes until restart",
             i64::from(store.poisoned),
         )?;
+        gauge(
+            &mut encoder,
+            "storage_refusing_writes",
+            "1 while the store refuses writes: the disk is below the reserve, or the store is poisoned",
+            i64::from(store.poisoned || store.disk_full),
+        )?;
+        gauge(
+            &mut encoder,
+            "storage_disk_available_bytes",
+            "Bytes available on the data directory's filesystem at the last probe",
+            store.disk_available_bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "storage_disk_reserve_bytes",
+            "Free space below which writes are refused (0: no check)",
+            store.disk_reserve_bytes as i64,
+        )?;
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        for (reason, value) in [
+            ("disk_full", store.write_refusals_disk_full),
+            ("poisoned", store.write_refusals_poisoned),
+        ] {
+            refusals
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(value);
+        }
+        refusals.encode(encoder.encode_descriptor(
+            "storage_write_refusals",
+            "Writes the store refused before writing anything, by reason",
+            None,
+            refusals.metric_type(),
+        )?)?;
+        let errors = Family::<KindLabels, Counter>::default();
+        for (kind, value) in [
+            ("no_space", store.write_errors_no_space),
+            ("io", store.write_errors_io),
+            ("fsync", store.fsync_errors),
+            ("engine", store.engine_failures),
+        ] {
+            errors.get_or_create(&KindLabels { kind }).inc_by(value);
+        }
+        errors.encode(encoder.encode_descriptor(
+            "storage_write_errors",
+            "Failed writes to disk, by kind (each poisons the store until restart): no_space and io are journal appends, engine a background flush or compaction",
+            None,
+            errors.metric_type(),
+        )?)?;
 
         gauge(
             &mut encoder,

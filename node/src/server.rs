@@ -99,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         limits: config.limits.clone(),
         node_id: None,
         partition_count: config.replication.partition_count,
+        disk_reserve_bytes: config.disk_reserve_bytes,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await

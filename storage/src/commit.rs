@@ -26,6 +26,26 @@
 //! after a failure the kernel may have dropped the dirty pages and a second
 //! fsync could succeed without the data (the "fsyncgate" lesson).
 //!
+//! A failed journal append poisons it too, whatever the errno, ENOSPC
+//! included (`Syncer::write_journal`). Retrying after ENOSPC is not ours to
+//! choose: fjall poisons itself on any failed journal write (part of the
+//! entry may be in the file, and its buffered writer may still hold the
+//! rest) and only reopening the database clears that. Reopening in-process
+//! would mean swapping every keyspace handle under running writers; a
+//! restart does the same with less to get wrong. So a write that met
+//! ENOSPC, and every write still waiting for its fsync, is refused, never
+//! acknowledged; the journal may keep it torn (recovery drops a torn tail)
+//! or, if fjall's buffered writer finishes it on close, whole: its outcome
+//! is indeterminate, as for any write a client saw fail. The disk reserve
+//! ([`crate::space`]) is what keeps ENOSPC from reaching the journal, so
+//! that a full disk is normally a refusal that ends once space is freed.
+//! fjall also poisons itself when a background flush or compaction fails;
+//! it says so only when asked, which the next write, an fsync or
+//! `Syncer::check_engine` does. Either way reads go on, and nothing
+//! already stored is touched: a failed flush leaves its memtable and the
+//! journal behind it in place, and fjall deletes the half-written table on
+//! the next open.
+//!
 //! Invariant: `synced_seq <= written_seq`, and a write with sequence number
 //! `s` was appended to the journal before `written_seq` reached `s`, so an
 //! fsync that starts after reading `written_seq = t` makes every write `<= t`
@@ -41,8 +61,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-use crate::stats::Counters;
+use crate::error::{PoisonCause, StoreError};
+use crate::stats::{Counters, bump};
 
 /// The longest the committer waits for in-flight appends to join a batch.
 pub const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
@@ -109,6 +129,8 @@ pub(crate) type DurableCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Sen
 
 struct Shared {
     db: fjall::Database,
+    /// The data directory, for the log.
+    path: std::path::PathBuf,
     counters: Arc<Counters>,
     state: Mutex<State>,
     /// Signalled when `synced_seq` advances or the store is poisoned.
@@ -118,6 +140,9 @@ struct Shared {
     /// Test hook: the next fsync fails.
     #[cfg(test)]
     fail_next_fsync: std::sync::atomic::AtomicBool,
+    /// Test hook: the next journal append fails with ENOSPC.
+    #[cfg(test)]
+    fail_next_append: std::sync::atomic::AtomicBool,
 }
 
 /// Makes writes durable according to the [`SyncPolicy`].
@@ -129,9 +154,11 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the committer (`Always`) or interval thread (`Interval`).
+    /// Starts the committer (`Always`) or interval thread (`Interval`) for
+    /// the database in `path`.
     pub(crate) fn start(
         db: fjall::Database,
+        path: std::path::PathBuf,
         policy: SyncPolicy,
         counters: Arc<Counters>,
     ) -> Result<Syncer, StoreError> {
@@ -144,12 +171,15 @@ impl Syncer {
         }
         let shared = Arc::new(Shared {
             db,
+            path,
             counters,
             state: Mutex::new(State::default()),
             synced: Condvar::new(),
             written: Condvar::new(),
             #[cfg(test)]
             fail_next_fsync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_append: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = match policy {
             SyncPolicy::Always => {
@@ -185,10 +215,37 @@ impl Syncer {
 
     /// Refuses writes once poisoned.
     pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
-        if self.shared.is_poisoned() {
-            return Err(StoreError::Poisoned);
+        self.shared.check_writable()
+    }
+
+    /// Runs a journal append (a fjall insert, remove or batch commit). A
+    /// failure poisons the store, as it has poisoned fjall, with the cause
+    /// the error shows (ENOSPC or EDQUOT: [`PoisonCause::NoSpace`]); the
+    /// caller gets [`StoreError::Poisoned`] and must not acknowledge.
+    pub(crate) fn write_journal<T>(
+        &self,
+        append: impl FnOnce() -> fjall::Result<T>,
+    ) -> Result<T, StoreError> {
+        #[cfg(test)]
+        if self.shared.fail_next_append.swap(false, Ordering::SeqCst) {
+            let err = fjall::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            return Err(self.shared.append_failed(&err));
         }
-        Ok(())
+        append().map_err(|err| self.shared.append_failed(&err))
+    }
+
+    /// Asks fjall whether it still takes writes (a cheap call: the journal
+    /// buffer is empty between appends) and poisons the store if not, so a
+    /// failed background flush shows without waiting for a write.
+    pub(crate) fn check_engine(&self) {
+        if self.shared.is_poisoned() {
+            return;
+        }
+        if let Err(err) = self.shared.db.persist(fjall::PersistMode::Buffer) {
+            // Counted and classified as a failed append: fjall's poison is
+            // `Engine`, anything else came from the (empty) buffer's flush.
+            self.shared.append_failed(&err);
+        }
     }
 
     /// Announces a journal append that will be committed with
@@ -249,9 +306,9 @@ impl Syncer {
         if state.synced_seq >= seq {
             drop(state);
             callback(Ok(true));
-        } else if self.shared.is_poisoned() {
+        } else if let Err(poisoned) = self.shared.check_writable() {
             drop(state);
-            callback(Err(StoreError::Poisoned));
+            callback(Err(poisoned));
         } else {
             state.waiters.push((seq, callback));
         }
@@ -273,9 +330,7 @@ impl Syncer {
         {
             tracing::error!("the commit thread panicked");
         }
-        if self.shared.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
+        self.shared.check_writable()?;
         let pending = {
             let state = self.shared.state.lock();
             state.written_seq > state.synced_seq
@@ -290,6 +345,13 @@ impl Syncer {
     #[cfg(test)]
     pub(crate) fn fail_next_fsync(&self) {
         self.shared.fail_next_fsync.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: makes the next journal append fail with ENOSPC, before
+    /// anything reaches fjall.
+    #[cfg(test)]
+    pub(crate) fn fail_next_append(&self) {
+        self.shared.fail_next_append.store(true, Ordering::SeqCst);
     }
 }
 
@@ -350,12 +412,62 @@ impl Shared {
         self.counters.poisoned.load(Ordering::Acquire)
     }
 
+    /// The poison as an error, if the store is poisoned.
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if !self.is_poisoned() {
+            return Ok(());
+        }
+        // The cause is set before the flag (under the cause's lock), so a
+        // poisoned store always has one.
+        let cause =
+            (*self.counters.poison_cause.lock()).expect("the cause is set before the poison flag");
+        Err(StoreError::Poisoned { cause })
+    }
+
+    /// Poisons the store (once: later calls keep the first cause), logs
+    /// why, and fails every writer waiting for an fsync.
+    fn poison(&self, cause: PoisonCause, err: &dyn std::fmt::Display) {
+        {
+            let mut first = self.counters.poison_cause.lock();
+            if first.is_some() {
+                return;
+            }
+            *first = Some(cause);
+            self.counters.poisoned.store(true, Ordering::Release);
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            %err,
+            %cause,
+            "storage refuses writes until the node restarts; reads go on, and no write is \
+             acknowledged from now on"
+        );
+        // Take the lock so no waiter can miss the wake-up between its
+        // poison check and its wait.
+        let waiters = std::mem::take(&mut self.state.lock().waiters);
+        self.synced.notify_all();
+        for (_, callback) in waiters {
+            callback(Err(StoreError::Poisoned { cause }));
+        }
+    }
+
+    /// Counts, poisons and reports a failed journal append.
+    fn append_failed(&self, err: &fjall::Error) -> StoreError {
+        let cause = PoisonCause::of_append(err);
+        bump(match cause {
+            PoisonCause::NoSpace => &self.counters.write_errors_no_space,
+            PoisonCause::Engine => &self.counters.engine_failures,
+            _ => &self.counters.write_errors_io,
+        });
+        self.poison(cause, err);
+        self.check_writable()
+            .expect_err("a failed append leaves the store poisoned")
+    }
+
     /// Fsyncs the journal. On failure poisons the store and wakes every
     /// waiter; the caller gets [`StoreError::Poisoned`].
     fn fsync(&self) -> Result<Duration, StoreError> {
-        if self.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
+        self.check_writable()?;
         let started = Instant::now();
         #[cfg(test)]
         let result = if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
@@ -370,16 +482,22 @@ impl Shared {
         match result {
             Ok(()) => Ok(started.elapsed()),
             Err(err) => {
-                tracing::error!(%err, "fsync of the journal failed; poisoning the store");
-                self.counters.poisoned.store(true, Ordering::Release);
-                // Take the lock so no waiter can miss the wake-up between its
-                // poison check and its wait.
-                let waiters = std::mem::take(&mut self.state.lock().waiters);
-                self.synced.notify_all();
-                for (_, callback) in waiters {
-                    callback(Err(StoreError::Poisoned));
-                }
-                Err(StoreError::Poisoned)
+                // fjall refuses to fsync once a journal append or a
+                // background flush poisoned it: that is the cause then.
+                let cause = match err {
+                    fjall::Error::Poisoned => {
+                        bump(&self.counters.engine_failures);
+                        PoisonCause::Engine
+                    }
+                    _ => {
+                        bump(&self.counters.fsync_errors);
+                        PoisonCause::Fsync
+                    }
+                };
+                self.poison(cause, &err);
+                Err(self
+                    .check_writable()
+                    .expect_err("a failed fsync leaves the store poisoned"))
             }
         }
     }
@@ -418,9 +536,7 @@ impl Shared {
             if state.synced_seq >= seq {
                 return Ok(());
             }
-            if self.is_poisoned() {
-                return Err(StoreError::Poisoned);
-            }
+            self.check_writable()?;
             self.synced.wait(&mut state);
         }
     }

@@ -105,12 +105,35 @@ pub enum StoreError {
     /// with a fresh data directory, which gives it a new actor.
     #[error("dot counter exhausted or implausibly far ahead: {0}")]
     CounterExhausted(String),
-    /// A previous fsync failed, so data acknowledged as written may not be on
-    /// disk. The store refuses every write from then on until the process
-    /// restarts and recovers from the journal (answer 503). Never retry the
-    /// fsync: after a failure the kernel may have dropped the dirty pages.
-    #[error("store is poisoned after a failed fsync; restart the node")]
-    Poisoned,
+    /// The store refuses writes until the process restarts, because a write
+    /// to disk failed (`cause` says which): an fsync, a journal append (the
+    /// disk filled up under it, or an I/O error), or the engine's own
+    /// background work. The write that met the failure, and every write not
+    /// yet durable then, was not acknowledged; its outcome is indeterminate
+    /// (the journal may hold it whole or torn, and recovery keeps whole
+    /// batches only). Reads keep working; a restart recovers from the
+    /// journal (answer 503). Never retry the fsync: after a failure the
+    /// kernel may have dropped the dirty pages.
+    #[error("storage refuses writes until the node restarts: {cause}")]
+    Poisoned {
+        /// What failed.
+        cause: PoisonCause,
+    },
+    /// The filesystem of the data directory has less space available than
+    /// the reserve ([`crate::StoreConfig::disk_reserve_bytes`]), so the write
+    /// was refused before anything was written. Nothing needs repair:
+    /// writes resume by themselves once space is freed (answer 503).
+    #[error(
+        "disk full: storage refuses writes while the data directory's filesystem has \
+         {available_bytes} bytes available, below the reserve of {reserve_bytes} bytes; \
+         writes resume once space is freed"
+    )]
+    DiskFull {
+        /// Bytes available at the last probe.
+        available_bytes: u64,
+        /// The configured reserve.
+        reserve_bytes: u64,
+    },
     /// The hint store holds as many hints as it may; the caller should find
     /// another replica or fail the write.
     #[error("the hint store is full ({count} hints)")]
@@ -127,12 +150,67 @@ pub enum StoreError {
     Fjall(fjall::Error),
 }
 
+/// What made the store refuse writes until restart; see
+/// [`StoreError::Poisoned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PoisonCause {
+    /// An fsync of the journal failed (whatever its errno, ENOSPC included):
+    /// writes since the previous fsync may not be on disk.
+    Fsync,
+    /// A journal append failed because the filesystem or the quota was full
+    /// (ENOSPC, EDQUOT): space ran out faster than the reserve check saw.
+    NoSpace,
+    /// A journal append failed with another I/O error.
+    Append,
+    /// fjall stopped taking writes on its own: a background memtable flush
+    /// or compaction failed (for lack of space, or an I/O error; fjall logs
+    /// which just before), or one of its threads panicked.
+    Engine,
+}
+
+impl std::fmt::Display for PoisonCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoisonCause::Fsync => "an fsync of the journal failed",
+            PoisonCause::NoSpace => "the disk filled up during a journal write",
+            PoisonCause::Append => "a journal write failed",
+            PoisonCause::Engine => {
+                "the storage engine stopped taking writes after a background flush or \
+                 compaction failed"
+            }
+        })
+    }
+}
+
+impl PoisonCause {
+    /// The cause a failed journal append stands for.
+    pub(crate) fn of_append(err: &fjall::Error) -> PoisonCause {
+        let io = match err {
+            fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+            fjall::Error::Poisoned => return PoisonCause::Engine,
+            _ => None,
+        };
+        match io.map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
+                PoisonCause::NoSpace
+            }
+            _ => PoisonCause::Append,
+        }
+    }
+}
+
 impl From<fjall::Error> for StoreError {
     fn from(err: fjall::Error) -> StoreError {
-        // fjall poisons itself when a journal write or fsync fails; callers
-        // should see the same variant as for our own failed fsync.
+        // fjall poisons itself when a journal write, an fsync or a
+        // background flush fails. Write paths classify their own failures
+        // (`commit::Syncer::write_journal`); anything else that meets the
+        // poison can only say the engine refused.
         match err {
-            fjall::Error::Poisoned => StoreError::Poisoned,
+            fjall::Error::Poisoned => StoreError::Poisoned {
+                cause: PoisonCause::Engine,
+            },
             other => StoreError::Fjall(other),
         }
     }

@@ -301,8 +301,10 @@ mod tests {
     fn a_failed_lease_hands_out_nothing() {
         let counter = DotCounter::resume(actor(), 10);
         assert!(matches!(
-            counter.mint(0, |_| Err(StoreError::Poisoned)),
-            Err(StoreError::Poisoned)
+            counter.mint(0, |_| Err(StoreError::Poisoned {
+                cause: crate::PoisonCause::Fsync
+            })),
+            Err(StoreError::Poisoned { .. })
         ));
         assert_eq!(counter.next(), 10);
         let minted = counter.mint(0, |_| Ok(())).unwrap();

@@ -17,7 +17,9 @@
 //! - [`context`]: the sealed causal context clients carry.
 //! - [`props`]: bucket properties and quorum arithmetic.
 //! - [`store`]: the fjall-backed [`Store`] and its read-modify-write paths.
-//! - [`commit`]: [`SyncPolicy`] and group commit.
+//! - [`commit`]: [`SyncPolicy`], group commit, and poisoning after a failed
+//!   fsync or journal append.
+//! - [`space`]: the disk reserve below which writes are refused.
 //! - [`identity`]: the node's [`Identity`] and the leased dot counter.
 //! - [`limits`]: [`Limits`] and their checks.
 //! - [`merkle`]: Merkle (tictac) trees, key hashing and digests for
@@ -36,17 +38,19 @@ pub mod layout;
 pub mod limits;
 pub mod merkle;
 pub mod props;
+pub mod space;
 pub mod stats;
 pub mod store;
 
 pub use commit::SyncPolicy;
 pub use context::{ContextError, ContextKey};
 pub use dvv::{ActorId, Content, Dot, DvvError, Link, Metadata, Object, Sibling, VersionVector};
-pub use error::StoreError;
+pub use error::{PoisonCause, StoreError};
 pub use identity::Identity;
 pub use limits::Limits;
 pub use merkle::{KeyDigest, TreeId};
 pub use props::{BucketProps, PropsError, Quorum};
+pub use space::DEFAULT_DISK_RESERVE_BYTES;
 pub use stats::StoreStats;
 pub use store::{
     Deferred, Hint, KeyPage, Keys, MaintenanceReport, Objects, Store, StoreConfig, TreeSummary,

@@ -7,7 +7,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::error::PoisonCause;
 
 /// Buckets of the fsync batch size histogram: bucket `i` counts batches of
 /// `2^i ..= 2^(i+1) - 1` writes; the last bucket takes everything larger.
@@ -60,8 +63,32 @@ pub struct StoreStats {
     pub object_size_warnings: u64,
     /// Keys removed by reaping or after hand-off.
     pub keys_removed: u64,
-    /// Whether a failed fsync poisoned the store.
+    /// Whether a failed write to disk poisoned the store: it refuses writes
+    /// until restart.
     pub poisoned: bool,
+    /// What poisoned it.
+    pub poison_cause: Option<PoisonCause>,
+    /// Writes refused because the disk was below the reserve (nothing was
+    /// written; they resume once space is freed).
+    pub write_refusals_disk_full: u64,
+    /// Writes refused because the store was poisoned.
+    pub write_refusals_poisoned: u64,
+    /// Journal appends that failed for lack of space (ENOSPC, EDQUOT).
+    pub write_errors_no_space: u64,
+    /// Journal appends that failed with another I/O error.
+    pub write_errors_io: u64,
+    /// Fsyncs that failed.
+    pub fsync_errors: u64,
+    /// Times fjall was found to have stopped taking writes on its own (a
+    /// background flush or compaction failed).
+    pub engine_failures: u64,
+    /// Whether writes are refused because the disk is below the reserve.
+    pub disk_full: bool,
+    /// Bytes available on the data directory's filesystem at the last
+    /// probe (0 when the reserve is off).
+    pub disk_available_bytes: u64,
+    /// The reserve below which writes are refused (0: off).
+    pub disk_reserve_bytes: u64,
     /// Disk space used by the store (journal and tables), from fjall.
     pub disk_space_bytes: u64,
 }
@@ -90,6 +117,14 @@ pub(crate) struct Counters {
     pub(crate) object_size_warnings: AtomicU64,
     pub(crate) keys_removed: AtomicU64,
     pub(crate) poisoned: AtomicBool,
+    /// Set once, with `poisoned`.
+    pub(crate) poison_cause: Mutex<Option<PoisonCause>>,
+    pub(crate) write_refusals_disk_full: AtomicU64,
+    pub(crate) write_refusals_poisoned: AtomicU64,
+    pub(crate) write_errors_no_space: AtomicU64,
+    pub(crate) write_errors_io: AtomicU64,
+    pub(crate) fsync_errors: AtomicU64,
+    pub(crate) engine_failures: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -114,7 +149,7 @@ impl Counters {
         }
     }
 
-    /// A snapshot; `disk_space_bytes` and `dot_counter_next` are filled by
+    /// A snapshot; the disk figures and `dot_counter_next` are filled by
     /// the store.
     pub(crate) fn snapshot(&self) -> StoreStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -141,6 +176,16 @@ impl Counters {
             object_size_warnings: load(&self.object_size_warnings),
             keys_removed: load(&self.keys_removed),
             poisoned: self.poisoned.load(Ordering::Relaxed),
+            poison_cause: *self.poison_cause.lock(),
+            write_refusals_disk_full: load(&self.write_refusals_disk_full),
+            write_refusals_poisoned: load(&self.write_refusals_poisoned),
+            write_errors_no_space: load(&self.write_errors_no_space),
+            write_errors_io: load(&self.write_errors_io),
+            fsync_errors: load(&self.fsync_errors),
+            engine_failures: load(&self.engine_failures),
+            disk_full: false,
+            disk_available_bytes: 0,
+            disk_reserve_bytes: 0,
             disk_space_bytes: 0,
         }
     }

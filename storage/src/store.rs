@@ -28,7 +28,11 @@
 //!   what it replaces) and after it is read back (format, decode, dvv
 //!   invariants); bad bytes are [`StoreError::Corrupt`], never a panic.
 //! - With [`SyncPolicy::Always`] nothing is acknowledged before it is on
-//!   disk, and after a failed fsync nothing is acknowledged at all.
+//!   disk, and after a failed fsync or journal append nothing is
+//!   acknowledged at all (the store is poisoned until restart).
+//! - No write that grows the store starts while the disk is below the
+//!   reserve ([`crate::space`]); removals still run, since they are what
+//!   frees space, and so do the node's few bytes of cluster state.
 //!
 //! Reads see writes as soon as they are applied, before their fsync: a reader
 //! may observe a write whose writer is still waiting for durability (and that
@@ -58,6 +62,7 @@ use crate::layout::{
 use crate::limits::Limits;
 use crate::merkle::{self, KeyDigest, TreeId};
 use crate::props::BucketProps;
+use crate::space::{DEFAULT_DISK_RESERVE_BYTES, SpaceGuard};
 use crate::stats::{Counters, StoreStats, bump};
 
 /// Number of key lock stripes. Two keys share a stripe with probability
@@ -83,6 +88,15 @@ pub struct StoreConfig {
     /// partition count. Recorded in the data directory; opening it with
     /// another count fails with [`StoreError::InvalidConfig`].
     pub partition_count: u32,
+    /// Writes are refused with [`StoreError::DiskFull`] while the data
+    /// directory's filesystem has fewer bytes available than this, and
+    /// resume once it has an eighth more. The reserve is room for the
+    /// engine's own flushes and compactions, for the store's bookkeeping
+    /// on open, and for writes between two probes of the free space: set
+    /// it to at least a memtable (64 MiB) per keyspace, more on a disk
+    /// shared with other programs. 0 turns the check off, and then a full
+    /// disk poisons the store until restart.
+    pub disk_reserve_bytes: u64,
 }
 
 impl StoreConfig {
@@ -94,6 +108,7 @@ impl StoreConfig {
             limits: Limits::default(),
             node_id: None,
             partition_count: DEFAULT_PARTITION_COUNT,
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE_BYTES,
         }
     }
 }
@@ -188,6 +203,8 @@ pub struct Store {
     limits: Limits,
     locks: Box<[Mutex<()>]>,
     counters: Arc<Counters>,
+    /// Refuses writes while the disk is below the reserve.
+    space: SpaceGuard,
     data_dir: PathBuf,
 }
 
@@ -248,8 +265,11 @@ impl Store {
         }
         // A directory without the index marker may hold objects the index
         // does not describe; an empty one is trivially complete.
-        let index_unverified = meta.get(META_INDEX_VERSION)?.is_none() && !objects.is_empty()?;
-        if !index_unverified {
+        // Written only when missing: opening an existing store writes
+        // nothing of ours, so a node on a full disk can still start.
+        let index_marked = meta.get(META_INDEX_VERSION)?.is_some();
+        let index_unverified = !index_marked && !objects.is_empty()?;
+        if !index_marked && !index_unverified {
             meta.insert(META_INDEX_VERSION, layout::encode_u64(1))?;
         }
         let mut props_cache = HashMap::new();
@@ -265,7 +285,17 @@ impl Store {
             props_cache.insert(bucket.to_vec(), props);
         }
         let counters = Arc::new(Counters::default());
-        let syncer = Syncer::start(db.clone(), config.sync, counters.clone())?;
+        let syncer = Syncer::start(
+            db.clone(),
+            config.data_dir.clone(),
+            config.sync,
+            counters.clone(),
+        )?;
+        let space = SpaceGuard::new(
+            config.data_dir.clone(),
+            config.disk_reserve_bytes,
+            counters.clone(),
+        );
         let identity = loaded.identity;
         tracing::info!(
             data_dir = %config.data_dir.display(),
@@ -274,6 +304,8 @@ impl Store {
             dot_ceiling = loaded.dot_ceiling,
             created = loaded.created,
             sync = ?config.sync,
+            disk_reserve_bytes = config.disk_reserve_bytes,
+            disk_available_bytes = space.available_bytes(),
             "store opened"
         );
         Ok(Store {
@@ -297,6 +329,7 @@ impl Store {
             limits: config.limits,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             counters,
+            space,
             data_dir: config.data_dir,
         })
     }
@@ -357,7 +390,7 @@ impl Store {
         opts: WriteOptions,
     ) -> Result<Deferred, StoreError> {
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_write()?;
         if content.meta.last_modified_us == 0 {
             content.meta.last_modified_us = now_us();
         }
@@ -466,8 +499,9 @@ impl Store {
     }
 
     /// Merges many copies (anti-entropy, hand-off, a batch of replica
-    /// writes) and waits once for all of them to be durable, so a batch
-    /// costs one fsync rather than one per key. Returns whether they are
+    /// writes) and waits once for all of them to be durable: the caller
+    /// keeps appending while the committer fsyncs, instead of paying one
+    /// fsync round trip per key in series. Returns whether they are
     /// durable. Stops at the first error; the copies merged before it stay.
     pub fn merge_many<'a>(
         &self,
@@ -496,7 +530,7 @@ impl Store {
         opts: WriteOptions,
     ) -> Result<Deferred, StoreError> {
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_write()?;
         if !incoming.is_well_formed() {
             return Err(StoreError::InvalidObject(
                 "a sibling's dot is not covered by the version, or siblings are out of order",
@@ -703,8 +737,9 @@ impl Store {
     pub fn set_bucket_props(&self, bucket: &[u8], props: &BucketProps) -> Result<(), StoreError> {
         self.limits.check_bucket(bucket)?;
         props.validate()?;
-        self.syncer.check_writable()?;
-        self.props.insert(bucket, layout::encode_props(props))?;
+        self.admit_write()?;
+        self.syncer
+            .write_journal(|| self.props.insert(bucket, layout::encode_props(props)))?;
         self.syncer.note_write();
         self.syncer.sync_now()?;
         self.note_props(bucket, Some(props.clone()));
@@ -715,8 +750,8 @@ impl Store {
     /// returning.
     pub fn reset_bucket_props(&self, bucket: &[u8]) -> Result<(), StoreError> {
         self.limits.check_bucket(bucket)?;
-        self.syncer.check_writable()?;
-        self.props.remove(bucket)?;
+        self.admit_into_reserve()?;
+        self.syncer.write_journal(|| self.props.remove(bucket))?;
         self.syncer.note_write();
         self.syncer.sync_now()?;
         self.note_props(bucket, None);
@@ -762,11 +797,13 @@ impl Store {
             .map(|bytes| bytes.to_vec()))
     }
 
-    /// Stores a cluster metadata record; durable before returning.
+    /// Stores a cluster metadata record; durable before returning. Taken
+    /// even while the disk is below the reserve: these records are small,
+    /// and a leave needs them.
     pub fn set_cluster_meta(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.syncer.check_writable()?;
-        self.meta
-            .insert(format!("cluster:{name}"), bytes.to_vec())?;
+        self.admit_into_reserve()?;
+        self.syncer
+            .write_journal(|| self.meta.insert(format!("cluster:{name}"), bytes.to_vec()))?;
         self.syncer.note_write();
         self.syncer.sync_now()
     }
@@ -797,7 +834,7 @@ impl Store {
     ) -> Result<Deferred, StoreError> {
         use std::sync::atomic::Ordering;
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_write()?;
         if !incoming.is_well_formed() || incoming.siblings.is_empty() {
             return Err(StoreError::InvalidObject("hinted object is malformed"));
         }
@@ -821,9 +858,13 @@ impl Store {
         let seq = if local.as_ref() == Some(&merged) {
             self.syncer.written_seq()
         } else {
+            let bytes = encode_object(&merged);
+            let size_bytes = bytes.len() as u64;
             let append = self.syncer.begin_append();
-            self.hints.insert(&hint_key, encode_object(&merged))?;
+            self.syncer
+                .write_journal(|| self.hints.insert(&hint_key, bytes))?;
             let seq = append.finish();
+            self.space.note_appended(size_bytes);
             if local.is_none() {
                 self.hint_count.fetch_add(1, Ordering::Relaxed);
             }
@@ -907,7 +948,8 @@ impl Store {
         if stored != *delivered {
             return Ok(false);
         }
-        self.hints.remove(&hint_key)?;
+        self.admit_into_reserve()?;
+        self.syncer.write_journal(|| self.hints.remove(&hint_key))?;
         self.syncer.note_write();
         self.hint_count.fetch_sub(1, Ordering::Relaxed);
         Ok(true)
@@ -931,9 +973,25 @@ impl Store {
         self.syncer.shutdown()
     }
 
+    /// Brings what the store knows of its disk up to date without waiting
+    /// for a write: probes the free space if the last probe is stale (so a
+    /// refusal for lack of space ends once space is freed), and asks the
+    /// engine whether it still takes writes (so a failed background flush
+    /// or compaction poisons the store and is logged at once). Blocking: it
+    /// may wait for an fsync in progress. [`Store::maintain`] calls it.
+    pub fn check_disk(&self) {
+        self.space.refresh();
+        self.syncer.check_engine();
+    }
+
     /// A snapshot of the store's counters.
+    /// The disk figures are those of the last probe: writes and
+    /// [`Store::check_disk`] take them.
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.counters.snapshot();
+        stats.disk_full = self.space.is_full();
+        stats.disk_available_bytes = self.space.available_bytes();
+        stats.disk_reserve_bytes = self.space.reserve_bytes();
         stats.disk_space_bytes = self.db.disk_space().unwrap_or(0);
         stats.dot_counter_next = self.counter.next();
         stats
@@ -1063,8 +1121,9 @@ impl Store {
             batch.remove(&self.tombstones, store_key);
         }
         let append = self.syncer.begin_append();
-        batch.commit()?;
+        self.syncer.write_journal(|| batch.commit())?;
         let seq = append.finish();
+        self.space.note_appended(size_bytes);
         self.trees
             .apply(bucket, key, placement, old_entry, Some(new_entry));
         bump(&self.counters.keys_written);
@@ -1104,16 +1163,58 @@ impl Store {
     /// Makes a new dot ceiling durable before any counter below it leaves.
     fn persist_ceiling(&self, ceiling: u64) -> Result<(), StoreError> {
         self.syncer.check_writable()?;
-        self.meta
-            .insert(META_DOT_CEILING, layout::encode_u64(ceiling))?;
+        self.syncer.write_journal(|| {
+            self.meta
+                .insert(META_DOT_CEILING, layout::encode_u64(ceiling))
+        })?;
         self.syncer.note_write();
         self.syncer.sync_now()
+    }
+
+    /// Admits a write that grows the store: refused once poisoned, or
+    /// while the disk is below the reserve. Refusals are counted.
+    fn admit_write(&self) -> Result<(), StoreError> {
+        self.admit_into_reserve()?;
+        self.space.admit()
+    }
+
+    /// Admits a write that may use the reserve: removals (reaping,
+    /// hand-off, delivered hints), since removing is how space comes back,
+    /// and the few bytes of the node's own cluster state (a leave must be
+    /// recorded even on a full disk, or the node could not be drained).
+    /// Refused only once poisoned (counted).
+    fn admit_into_reserve(&self) -> Result<(), StoreError> {
+        self.syncer.check_writable().inspect_err(|_| {
+            bump(&self.counters.write_refusals_poisoned);
+        })
     }
 
     /// Test hook: the next fsync fails.
     #[cfg(test)]
     pub(crate) fn fail_next_fsync(&self) {
         self.syncer.fail_next_fsync();
+    }
+
+    /// Test hook: the next journal append fails with ENOSPC.
+    #[cfg(test)]
+    pub(crate) fn fail_next_append(&self) {
+        self.syncer.fail_next_append();
+    }
+
+    /// Test hook: seals the objects memtable and has the engine flush it to
+    /// a table file in the background.
+    #[cfg(test)]
+    pub(crate) fn rotate_objects_memtable(&self) {
+        self.objects
+            .rotate_memtable()
+            .expect("sealing a memtable only fails once poisoned");
+    }
+
+    /// Test hook: probes see `available` bytes free (`None`: the real
+    /// figure again).
+    #[cfg(test)]
+    pub(crate) fn set_disk_available(&self, available: Option<u64>) {
+        self.space.set_available(available);
     }
 }
 
@@ -1231,5 +1332,7 @@ mod maintenance;
 
 pub use maintenance::{MAINTENANCE_RECORDS_PER_S_MAX, MaintenanceReport, TreeSummary};
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

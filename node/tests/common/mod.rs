@@ -77,12 +77,40 @@ impl NodeProcess {
 
     /// Starts a node with its own cluster secret.
     pub fn start_with_secret(data_dir: &Path, secret: &str, extra_args: &[&str]) -> NodeProcess {
-        NodeProcess::start_with(data_dir, secret, extra_args, "info")
+        NodeProcess::start_full(
+            data_dir,
+            &data_dir.with_extension("log"),
+            secret,
+            extra_args,
+            "info",
+        )
     }
 
     /// Starts a node logging with `RUST_LOG=log_filter`.
     pub fn start_with(
         data_dir: &Path,
+        secret: &str,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> NodeProcess {
+        NodeProcess::start_full(
+            data_dir,
+            &data_dir.with_extension("log"),
+            secret,
+            extra_args,
+            log_filter,
+        )
+    }
+
+    /// Starts a node whose log goes to `log_path` (for a data directory on
+    /// a filesystem that should hold nothing else).
+    pub fn start_logging_to(data_dir: &Path, log_path: &Path, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_full(data_dir, log_path, TEST_SECRET, extra_args, "info")
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        log_path: &Path,
         secret: &str,
         extra_args: &[&str],
         log_filter: &str,
@@ -94,7 +122,7 @@ impl NodeProcess {
             http,
             cluster,
             secret: secret.to_owned(),
-            log_path: data_dir.with_extension("log"),
+            log_path: log_path.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_filter: log_filter.to_owned(),
             child: None,

@@ -215,7 +215,7 @@ impl Store {
         digest: u64,
     ) -> Result<bool, StoreError> {
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_into_reserve()?;
         let store_key = object_key(bucket, key);
         let guard = self.lock(&store_key);
         let Some(object) = self.read(bucket, key, &store_key)? else {
@@ -234,7 +234,7 @@ impl Store {
             batch.remove(&self.tombstones, store_key);
         }
         let append = self.syncer.begin_append();
-        batch.commit()?;
+        self.syncer.write_journal(|| batch.commit())?;
         let seq = append.finish();
         self.trees.apply(bucket, key, placement, old_entry, None);
         drop(guard);
@@ -257,7 +257,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering as AtomicOrdering;
         self.limits.check_key(bucket, key)?;
-        self.syncer.check_writable()?;
+        self.admit_into_reserve()?;
         if !tombstone.is_deleted() || !tombstone.is_well_formed() {
             return Err(StoreError::InvalidObject("only a tombstone can be reaped"));
         }
@@ -274,7 +274,7 @@ impl Store {
             let hint = decode_object(&format!("hint {}", escape(&hint_key)), &bytes)?;
             if tombstone.version.descends(&hint.version) {
                 let append = self.syncer.begin_append();
-                self.hints.remove(hint_key)?;
+                self.syncer.write_journal(|| self.hints.remove(hint_key))?;
                 seq = append.finish();
                 self.hint_count.fetch_sub(1, AtomicOrdering::Relaxed);
             }
@@ -292,7 +292,7 @@ impl Store {
                 batch.remove(&self.index, index_key);
                 batch.remove(&self.tombstones, store_key.clone());
                 let append = self.syncer.begin_append();
-                batch.commit()?;
+                self.syncer.write_journal(|| batch.commit())?;
                 seq = append.finish();
                 self.trees.apply(bucket, key, placement, old_entry, None);
                 bump(&self.counters.keys_removed);
@@ -415,10 +415,12 @@ impl Store {
     }
 
     /// Background upkeep; call it periodically from a blocking thread:
-    /// builds the trees if they were never built, verifies the index against
-    /// the objects when asked to (or when the directory predates it), and
-    /// moves the keys of buckets whose `n_val` changed to their new trees.
+    /// checks the disk ([`Store::check_disk`]), builds the trees if they
+    /// were never built, verifies the index against the objects when asked
+    /// to (or when the directory predates it), and moves the keys of
+    /// buckets whose `n_val` changed to their new trees.
     pub fn maintain(&self) -> Result<MaintenanceReport, StoreError> {
+        self.check_disk();
         let mut report = MaintenanceReport::default();
         if self.trees.builds() == 0 {
             self.rebuild_trees()?;
@@ -429,9 +431,8 @@ impl Store {
             self.index_exact.fetch_add(1, Ordering::AcqRel);
             self.index_unverified.store(false, Ordering::Release);
             let result = self.verify_range(None, &mut report).and_then(|()| {
-                self.meta
-                    .insert(META_INDEX_VERSION, layout::encode_u64(1))
-                    .map_err(StoreError::from)
+                self.syncer
+                    .write_journal(|| self.meta.insert(META_INDEX_VERSION, layout::encode_u64(1)))
             });
             self.index_exact.fetch_sub(1, Ordering::AcqRel);
             if let Err(err) = result {
@@ -498,7 +499,8 @@ impl Store {
                 }
             } else {
                 // A key this store never writes: drop it.
-                self.index.remove(index_key)?;
+                self.admit_into_reserve()?;
+                self.syncer.write_journal(|| self.index.remove(index_key))?;
                 report.records_fixed += 1;
             }
             pace.tick();
@@ -554,6 +556,8 @@ impl Store {
         if old_entry == new_entry && tombstone_record == deleted_at {
             return Ok(false);
         }
+        // A repair can add records: held to the reserve like any write.
+        self.admit_write()?;
         let mut batch = self.db.batch();
         match new_entry {
             Some(entry) => batch.insert(&self.index, index_key, aae::encode_entry(entry)),
@@ -563,7 +567,7 @@ impl Store {
             Some(at) => batch.insert(&self.tombstones, store_key, layout::encode_u64(at)),
             None => batch.remove(&self.tombstones, store_key),
         }
-        batch.commit()?;
+        self.syncer.write_journal(|| batch.commit())?;
         self.syncer.note_write();
         self.trees
             .apply(bucket, key, placement, old_entry, new_entry);

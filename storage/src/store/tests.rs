@@ -795,25 +795,25 @@ fn a_failed_fsync_poisons_the_store() {
     // The write reached the journal but its fsync failed: not acknowledged.
     assert!(matches!(
         store.put(b"b", b"k2", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     // Every later write is refused; reads still work.
     assert!(matches!(
         store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     assert!(matches!(
         store.merge(b"b", b"k", &written.object, REPAIR),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
     assert!(matches!(
         store.set_bucket_props(b"b", &BucketProps::default()),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
-    assert!(matches!(store.sync_all(), Err(StoreError::Poisoned)));
+    assert!(matches!(store.sync_all(), Err(StoreError::Poisoned { .. })));
     assert_eq!(store.get(b"b", b"k").unwrap(), Some(written.object));
     assert!(store.stats().poisoned);
-    assert!(matches!(store.close(), Err(StoreError::Poisoned)));
+    assert!(matches!(store.close(), Err(StoreError::Poisoned { .. })));
     // A restart recovers from the journal.
     let store = open(dir.path(), SyncPolicy::Always);
     assert!(store.get(b"b", b"k").unwrap().is_some());
@@ -843,7 +843,7 @@ fn a_failed_interval_fsync_poisons_later_writes() {
     }
     assert!(matches!(
         store.put(b"b", b"k3", &VersionVector::new(), content("v"), PUT),
-        Err(StoreError::Poisoned)
+        Err(StoreError::Poisoned { .. })
     ));
 }
 
@@ -1206,12 +1206,12 @@ fn durability_callbacks_fire_after_the_fsync_or_with_the_poison() {
     store.on_durable(deferred.seq, move |r| tx.send(r).unwrap());
     assert!(matches!(
         rx.recv_timeout(timeout),
-        Ok(Err(StoreError::Poisoned))
+        Ok(Err(StoreError::Poisoned { .. }))
     ));
 }
 
 #[test]
-fn a_batch_of_merges_costs_one_fsync() {
+fn a_batch_of_merges_is_durable_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let source = open(&dir.path().join("source"), SyncPolicy::Never);
     let objects: Vec<(Vec<u8>, Object)> = (0..100)
@@ -1224,7 +1224,9 @@ fn a_batch_of_merges_costs_one_fsync() {
         })
         .collect();
     let store = open(&dir.path().join("target"), SyncPolicy::Always);
-    let before = store.stats().fsyncs;
+    let before = store.stats();
+    // The caller waits once, for the last write; the committer fsyncs in
+    // the background meanwhile, as often as the disk lets it.
     let durable = store
         .merge_many(
             objects.iter().map(|(k, o)| (&b"b"[..], k.as_slice(), o)),
@@ -1232,7 +1234,9 @@ fn a_batch_of_merges_costs_one_fsync() {
         )
         .unwrap();
     assert!(durable);
-    assert!(store.stats().fsyncs - before <= 2);
+    let after = store.stats();
+    assert_eq!(after.fsync_writes_sum - before.fsync_writes_sum, 100);
+    assert!(after.fsyncs - before.fsyncs <= 100);
     for (key, object) in &objects {
         assert_eq!(store.get(b"b", key).unwrap().as_ref(), Some(object));
     }
