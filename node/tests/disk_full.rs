@@ -175,25 +175,7 @@ fn scrape(node: &NodeProcess) -> HashMap<String, f64> {
     let mut r = agent().get(&node.url("/metrics")).call().unwrap();
     assert_eq!(r.status(), 200);
     let body = r.body_mut().read_to_string().unwrap();
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    let mut out = HashMap::new();
-    for sample in scrape.samples {
-        let mut labels: Vec<String> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        labels.sort();
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
-        };
-        out.insert(format!("{}{{{}}}", sample.metric, labels.join(",")), value);
-    }
-    out
+    common::parse_metrics(&body)
 }
 
 fn metric(metrics: &HashMap<String, f64>, name: &str) -> f64 {

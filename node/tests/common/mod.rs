@@ -584,3 +584,28 @@ pub fn missing(
     lost.sort_unstable();
     lost
 }
+
+/// Parses a `/metrics` body with a Prometheus text parser: sample name plus
+/// sorted labels (`name{k=v,...}`) -> value; a histogram gives its count.
+pub fn parse_metrics(body: &str) -> std::collections::HashMap<String, f64> {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for sample in scrape.samples {
+        let mut labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(format!("{}{{{}}}", sample.metric, labels.join(",")), value);
+    }
+    out
+}
