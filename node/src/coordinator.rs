@@ -109,6 +109,13 @@ impl View {
     }
 }
 
+/// A replica request, split into a write started without waiting for its
+/// durability, or anything else (see [`Coordinator::stage_write`]).
+enum Staging {
+    Write(Result<storage::Deferred, StoreError>, Apply),
+    Other(Request),
+}
+
 /// A batch whose writes are applied but not yet durable.
 struct StagedBatch {
     staged: Vec<Staged>,
@@ -571,63 +578,72 @@ impl Coordinator {
         self.finish_batch(staged, durability)
     }
 
+    /// Starts a replica write (`Put`, `Merge`, `Hint`) without waiting for
+    /// its durability; any other request comes back untouched.
+    fn stage_write(&self, request: Request) -> Staging {
+        match request {
+            Request::Put {
+                bucket,
+                key,
+                context,
+                content,
+                apply,
+            } => {
+                let opts = WriteOptions {
+                    resolve_by_time: apply.resolve_by_time,
+                    repair: false,
+                };
+                Staging::Write(
+                    self.store
+                        .put_deferred(&bucket, &key, &context, content, opts),
+                    apply,
+                )
+            }
+            Request::Merge {
+                bucket,
+                key,
+                object,
+                apply,
+            } => {
+                let opts = WriteOptions {
+                    resolve_by_time: apply.resolve_by_time,
+                    repair: true,
+                };
+                Staging::Write(
+                    self.store.merge_deferred(&bucket, &key, &object, opts),
+                    apply,
+                )
+            }
+            Request::Hint {
+                owner,
+                bucket,
+                key,
+                object,
+                apply,
+            } => Staging::Write(
+                self.store.put_hint_deferred(owner, &bucket, &key, &object),
+                apply,
+            ),
+            other => Staging::Other(other),
+        }
+    }
+
     /// Applies every request of a batch, writes without waiting.
     fn stage_batch(&self, requests: Vec<Request>) -> StagedBatch {
         let mut staged = Vec::with_capacity(requests.len());
         let mut last_seq = None::<u64>;
         let mut want_sync = false;
         for request in requests {
-            let write = match request {
-                Request::Put {
-                    bucket,
-                    key,
-                    context,
-                    content,
-                    apply,
-                } => {
-                    let opts = WriteOptions {
-                        resolve_by_time: apply.resolve_by_time,
-                        repair: false,
-                    };
-                    Some((
-                        self.store
-                            .put_deferred(&bucket, &key, &context, content, opts),
-                        apply.sync,
-                    ))
-                }
-                Request::Merge {
-                    bucket,
-                    key,
-                    object,
-                    apply,
-                } => {
-                    let opts = WriteOptions {
-                        resolve_by_time: apply.resolve_by_time,
-                        repair: true,
-                    };
-                    Some((
-                        self.store.merge_deferred(&bucket, &key, &object, opts),
-                        apply.sync,
-                    ))
-                }
-                Request::Hint {
-                    owner,
-                    bucket,
-                    key,
-                    object,
-                    apply,
-                } => Some((
-                    self.store.put_hint_deferred(owner, &bucket, &key, &object),
-                    apply.sync,
-                )),
-                Request::Batch(_) => {
+            let write = match self.stage_write(request) {
+                Staging::Write(result, apply) => Some((result, apply.sync)),
+                Staging::Other(Request::Batch(_)) => {
                     staged.push(Staged::Done(Response::Error {
                         kind: ErrorKind::BadRequest,
                         message: "batches do not nest".to_owned(),
                     }));
                     None
                 }
-                other => {
+                Staging::Other(other) => {
                     staged.push(Staged::Done(self.execute(other)));
                     None
                 }
@@ -683,48 +699,31 @@ impl Coordinator {
 
     /// Carries out a replica request against the local store (blocking).
     pub fn execute(&self, request: Request) -> Response {
+        let request = match self.stage_write(request) {
+            Staging::Write(deferred, apply) => {
+                let result = deferred.and_then(|deferred| {
+                    let durable = self.store.await_durable(deferred.seq)?;
+                    self.synced(
+                        storage::Written {
+                            durable,
+                            ..deferred.written
+                        },
+                        apply,
+                    )
+                });
+                return result.unwrap_or_else(|err| {
+                    let (kind, message) = store_error(err);
+                    Response::Error { kind, message }
+                });
+            }
+            Staging::Other(request) => request,
+        };
         let result = match request {
             Request::Batch(requests) => return self.execute_batch(requests),
             Request::Get { bucket, key } => self.store.get(&bucket, &key).map(Response::Object),
-            Request::Put {
-                bucket,
-                key,
-                context,
-                content,
-                apply,
-            } => {
-                let opts = WriteOptions {
-                    resolve_by_time: apply.resolve_by_time,
-                    repair: false,
-                };
-                self.store
-                    .put(&bucket, &key, &context, content, opts)
-                    .and_then(|w| self.synced(w, apply))
+            Request::Put { .. } | Request::Merge { .. } | Request::Hint { .. } => {
+                unreachable!("writes are staged above")
             }
-            Request::Merge {
-                bucket,
-                key,
-                object,
-                apply,
-            } => {
-                let opts = WriteOptions {
-                    resolve_by_time: apply.resolve_by_time,
-                    repair: true,
-                };
-                self.store
-                    .merge(&bucket, &key, &object, opts)
-                    .and_then(|w| self.synced(w, apply))
-            }
-            Request::Hint {
-                owner,
-                bucket,
-                key,
-                object,
-                apply,
-            } => self
-                .store
-                .put_hint(owner, &bucket, &key, &object)
-                .and_then(|w| self.synced(w, apply)),
             Request::SetProps {
                 bucket,
                 props: Some(props),
