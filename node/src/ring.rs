@@ -53,6 +53,10 @@ pub struct Ring {
     owners: Vec<usize>,
     /// Members sorted by id, deduplicated.
     members: Vec<RingMember>,
+    /// Each member's zone, as an index into the distinct zones.
+    zones: Vec<usize>,
+    /// How many distinct zones the members are in.
+    zone_count: usize,
 }
 
 /// The default partition count (DESIGN.md).
@@ -94,10 +98,20 @@ impl Ring {
                 "a partition has no owner"
             );
         }
+        let mut names: Vec<&str> = sorted.iter().map(|m| m.zone.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let zones = sorted
+            .iter()
+            .map(|m| names.binary_search(&m.zone.as_str()).unwrap_or(0))
+            .collect();
+        let zone_count = names.len();
         Ok(Ring {
             partition_count,
             owners,
             members: sorted,
+            zones,
+            zone_count,
         })
     }
 
@@ -141,9 +155,11 @@ impl Ring {
         let walk = |p: u32| (partition + p) % self.partition_count;
         // First pass: distinct members in distinct zones; second pass: fill
         // with distinct members whatever their zone.
-        for distinct_zones in [true, false] {
+        // The first pass is over once every zone is in the list: no member
+        // after that is in a zone of its own.
+        for (distinct_zones, enough) in [(true, want.min(self.zone_count)), (false, want)] {
             for step in 0..self.partition_count {
-                if chosen.len() == want {
+                if chosen.len() >= enough {
                     break;
                 }
                 let p = walk(step);
@@ -151,7 +167,7 @@ impl Ring {
                 let taken = chosen.iter().any(|&(_, o)| o == owner);
                 let zone_taken = chosen
                     .iter()
-                    .any(|&(_, o)| self.members[o].zone == self.members[owner].zone);
+                    .any(|&(_, o)| self.zones[o] == self.zones[owner]);
                 if !taken && (!distinct_zones || !zone_taken) {
                     chosen.push((p, owner));
                 }
@@ -289,6 +305,55 @@ mod tests {
                 ratio < 1.8,
                 "n={n}: joins moved {ratio:.2}x the ideal on average"
             );
+        }
+    }
+
+    /// The preference list by its definition: walk the whole ring once for
+    /// distinct zones, once more for distinct members, keep ring order.
+    fn preference_list_by_definition(ring: &Ring, partition: u32, n: usize) -> Vec<(u32, u128)> {
+        let q = ring.partition_count();
+        let want = n.min(ring.members().len());
+        let mut chosen: Vec<(u32, u128, &str)> = Vec::new();
+        for distinct_zones in [true, false] {
+            for step in 0..q {
+                let p = (partition + step) % q;
+                let owner = ring.owner(p).unwrap();
+                let zone = ring
+                    .members()
+                    .iter()
+                    .find(|m| m.id == owner)
+                    .unwrap()
+                    .zone
+                    .as_str();
+                let taken = chosen.iter().any(|&(_, o, _)| o == owner);
+                let zone_taken = chosen.iter().any(|&(_, _, z)| z == zone);
+                if chosen.len() < want && !taken && (!distinct_zones || !zone_taken) {
+                    chosen.push((p, owner, zone));
+                }
+            }
+        }
+        chosen.sort_by_key(|&(p, _, _)| (p + q - partition) % q);
+        chosen.into_iter().map(|(p, o, _)| (p, o)).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn preference_lists_follow_their_definition(
+            zones in prop::collection::vec(0u8..4, 1..12),
+            n in 1usize..6,
+        ) {
+            let ms: Vec<RingMember> = zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| RingMember {
+                    id: i as u128 * 7919 + 1,
+                    zone: if *z == 0 { String::new() } else { format!("z{z}") },
+                })
+                .collect();
+            let ring = Ring::new(64, &ms).unwrap();
+            for p in 0..64 {
+                prop_assert_eq!(ring.preference_list(p, n), preference_list_by_definition(&ring, p, n));
+            }
         }
     }
 
