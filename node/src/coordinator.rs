@@ -172,6 +172,15 @@ struct RingCache {
 /// Store record of the nodes removed from the cluster.
 const META_REMOVED: &str = "removed";
 
+/// Whether a replica request is a point read, served on the async worker
+/// that received it rather than on a blocking thread. A point read is
+/// answered from the memtables and the block cache in microseconds, less
+/// than the two thread hops of `spawn_blocking`; one that misses the cache
+/// holds its worker for a disk read, which the other worker covers for.
+fn is_read(request: &Request) -> bool {
+    matches!(request, Request::Get { .. })
+}
+
 fn in_current_ring(m: &Member) -> bool {
     matches!(m.meta.ring, RingState::Member | RingState::Leaving)
 }
@@ -392,6 +401,8 @@ impl Coordinator {
             rpc::log_serving(None, &request_ids, &request);
             let result = if let Request::Batch(requests) = request {
                 Ok(self.execute_batch_async(requests).await)
+            } else if is_read(&request) {
+                Ok(self.execute(request))
             } else {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || this.execute(request))
@@ -447,7 +458,11 @@ impl Coordinator {
         request_id: Option<RequestId>,
         deadline: Instant,
     ) -> Result<Response, String> {
-        let Some(kind) = crate::lane::LaneKind::of(&request) else {
+        // A local read is served at once (see `is_read`): a lane would only
+        // add hops.
+        let kind = crate::lane::LaneKind::of(&request)
+            .filter(|_| node != view_local || !is_read(&request));
+        let Some(kind) = kind else {
             let ids = request_id.map(|id| vec![Some(id)]).unwrap_or_default();
             return self
                 .call_serving(view_local, node, addr, request, ids, deadline)
@@ -536,6 +551,9 @@ impl Coordinator {
     /// fsync: the writes are applied on a blocking thread, which is then
     /// free; the commit thread's fsync wakes this task.
     pub async fn execute_batch_async(self: &Arc<Self>, requests: Vec<Request>) -> Response {
+        if requests.iter().all(is_read) {
+            return Response::Batch(requests.into_iter().map(|r| self.execute(r)).collect());
+        }
         let this = self.clone();
         let staged = match tokio::task::spawn_blocking(move || this.stage_batch(requests)).await {
             Ok(staged) => staged,
@@ -856,6 +874,7 @@ impl Coordinator {
                                 Request::Batch(requests) => {
                                     Ok(this2.execute_batch_async(requests).await)
                                 }
+                                request if is_read(&request) => Ok(this2.execute(request)),
                                 request => {
                                     tokio::task::spawn_blocking(move || this2.execute(request))
                                         .await
@@ -1277,16 +1296,23 @@ impl Coordinator {
         // (three nodes, N=3), the minting replica keeps the hint itself. It
         // already holds the data, so that hint adds no acknowledgement: it
         // only makes sure the owner gets the write when it is back.
-        let mut fallbacks = view
-            .ring
-            .walk(partition)
-            .into_iter()
-            .filter(|id| !primaries.contains(id) && view.healthy(*id));
+        // The fallbacks, walked only once a primary is found unhealthy.
+        let mut fallbacks = None::<std::vec::IntoIter<u128>>;
+        let mut next_fallback = || {
+            fallbacks
+                .get_or_insert_with(|| {
+                    let walk = view.ring.walk(partition).into_iter();
+                    walk.filter(|id| !primaries.contains(id) && view.healthy(*id))
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                })
+                .next()
+        };
         let mut targets: Vec<(u128, Option<u128>)> = Vec::new(); // (node, hint owner)
         for &primary in primaries.iter().filter(|&&id| id != minter) {
             if view.healthy(primary) {
                 targets.push((primary, None));
-            } else if let Some(fallback) = fallbacks.next() {
+            } else if let Some(fallback) = next_fallback() {
                 targets.push((fallback, Some(primary)));
             } else {
                 let this = self.clone();
