@@ -1,18 +1,22 @@
 //! Log set-up: `tracing` to standard error, text or JSON, filtered by
 //! `RUST_LOG` (default `info`).
 
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; later calls are ignored.
+///
+/// Without `RUST_LOG` the filter is a fixed level: an `EnvFilter` looks up
+/// every span on every enter and exit, which the request span of every
+/// client request pays on each poll.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match (EnvFilter::try_from_default_env(), format) {
+        (Ok(filter), LogFormat::Text) => builder.with_env_filter(filter).try_init(),
+        (Ok(filter), LogFormat::Json) => builder.with_env_filter(filter).json().try_init(),
+        (Err(_), LogFormat::Text) => builder.with_max_level(LevelFilter::INFO).try_init(),
+        (Err(_), LogFormat::Json) => builder.with_max_level(LevelFilter::INFO).json().try_init(),
     };
 }
