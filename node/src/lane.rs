@@ -6,7 +6,9 @@
 //! durability on the replica. A lane queues the reads (or the writes) for one
 //! node; a sender takes everything queued so far as one
 //! [`Request::Batch`], which the replica carries out in one blocking task
-//! with one wait for durability ([`Coordinator::execute_batch`]). A lane
+//! with one wait for durability ([`Coordinator::execute_batch`]), or, for a
+//! batch of reads, on the async worker that received it. Reads of the local
+//! store take no lane at all. A lane
 //! adds no delay: an idle lane sends the first request at once, and batches
 //! grow only while earlier ones are in flight (at most
 //! [`IN_FLIGHT_MAX`] per lane), the way group commit batches fsyncs.
