@@ -399,16 +399,10 @@ impl Coordinator {
     ) -> (Result<Response, String>, Traffic) {
         if node == view_local {
             rpc::log_serving(None, &request_ids, &request);
-            let result = if let Request::Batch(requests) = request {
-                Ok(self.execute_batch_async(requests).await)
-            } else if is_read(&request) {
-                Ok(self.execute(request))
-            } else {
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.execute(request))
-                    .await
-                    .map_err(|e| format!("local replica task failed: {e}"))
-            };
+            let result = self
+                .serve(request)
+                .await
+                .map_err(|e| format!("local replica task failed: {e}"));
             if let Ok(response) = &result {
                 rpc::log_failures(&request_ids, response);
             }
@@ -532,6 +526,21 @@ impl Coordinator {
         };
         for (reply, answer) in replies.into_iter().zip(answers) {
             let _ = reply.send(answer);
+        }
+    }
+
+    /// Serves a replica request against the local store, for this node's
+    /// coordinator or a peer's: a batch with one wait for durability, a
+    /// point read on this worker (see `is_read`), anything else on a
+    /// blocking thread.
+    async fn serve(self: &Arc<Self>, request: Request) -> Result<Response, tokio::task::JoinError> {
+        match request {
+            Request::Batch(requests) => Ok(self.execute_batch_async(requests).await),
+            request if is_read(&request) => Ok(self.execute(request)),
+            request => {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.execute(request)).await
+            }
         }
     }
 
@@ -868,20 +877,8 @@ impl Coordinator {
                     }) => {
                         rpc::log_serving(Some(rpc_request.from), &request_ids, &request);
                         let budget = Duration::from_millis(u64::from(budget_ms));
-                        let this2 = this.clone();
-                        let work = async move {
-                            match request {
-                                Request::Batch(requests) => {
-                                    Ok(this2.execute_batch_async(requests).await)
-                                }
-                                request if is_read(&request) => Ok(this2.execute(request)),
-                                request => {
-                                    tokio::task::spawn_blocking(move || this2.execute(request))
-                                        .await
-                                }
-                            }
-                        };
-                        let response = match tokio::time::timeout(budget, work).await {
+                        let response = match tokio::time::timeout(budget, this.serve(request)).await
+                        {
                             Ok(Ok(response)) => response,
                             Ok(Err(err)) => Response::Error {
                                 kind: ErrorKind::Internal,
@@ -1296,23 +1293,20 @@ impl Coordinator {
         // (three nodes, N=3), the minting replica keeps the hint itself. It
         // already holds the data, so that hint adds no acknowledgement: it
         // only makes sure the owner gets the write when it is back.
-        // The fallbacks, walked only once a primary is found unhealthy.
-        let mut fallbacks = None::<std::vec::IntoIter<u128>>;
-        let mut next_fallback = || {
-            fallbacks
-                .get_or_insert_with(|| {
-                    let walk = view.ring.walk(partition).into_iter();
-                    walk.filter(|id| !primaries.contains(id) && view.healthy(*id))
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                })
-                .next()
+        // The ring is walked for fallbacks only when a primary is down.
+        let walk = if primaries.iter().all(|&id| view.healthy(id)) {
+            Vec::new()
+        } else {
+            view.ring.walk(partition)
         };
+        let mut fallbacks = walk
+            .into_iter()
+            .filter(|id| !primaries.contains(id) && view.healthy(*id));
         let mut targets: Vec<(u128, Option<u128>)> = Vec::new(); // (node, hint owner)
         for &primary in primaries.iter().filter(|&&id| id != minter) {
             if view.healthy(primary) {
                 targets.push((primary, None));
-            } else if let Some(fallback) = next_fallback() {
+            } else if let Some(fallback) = fallbacks.next() {
                 targets.push((fallback, Some(primary)));
             } else {
                 let this = self.clone();

@@ -328,8 +328,13 @@ impl Envelope {
     /// The client request id of the `index`-th request (0 for a request
     /// that is not a batch), if it serves one.
     pub fn request_id(&self, index: usize) -> Option<RequestId> {
-        self.request_ids.get(index).copied().flatten()
+        id_at(&self.request_ids, index)
     }
+}
+
+/// The id of the `index`-th operation in an envelope's `request_ids`.
+fn id_at(ids: &[Option<RequestId>], index: usize) -> Option<RequestId> {
+    ids.get(index).copied().flatten()
 }
 
 impl Request {
@@ -382,12 +387,7 @@ pub fn log_serving(
         let (op, bucket, key) = request.summary();
         let text = |name: &[u8]| String::from_utf8_lossy(name).escape_debug().to_string();
         debug!(
-            request_id = ids
-                .get(index)
-                .copied()
-                .flatten()
-                .as_ref()
-                .map(RequestId::as_str),
+            request_id = id_at(ids, index).as_ref().map(RequestId::as_str),
             op,
             bucket = bucket.map(text),
             key = key.map(text),
@@ -410,7 +410,7 @@ pub fn log_failures(ids: &[Option<RequestId>], response: &Response) {
         let Response::Error { kind, message } = response else {
             return;
         };
-        let request_id = ids.get(index).copied().flatten();
+        let request_id = id_at(ids, index);
         let request_id = request_id.as_ref().map(RequestId::as_str);
         match kind {
             ErrorKind::BadRequest | ErrorKind::TooLarge | ErrorKind::TooManySiblings => {
