@@ -137,6 +137,20 @@ pub struct Match {
     pub key: Option<String>,
 }
 
+/// The segments of each route's template, split once.
+static TEMPLATES: std::sync::LazyLock<Vec<Vec<&'static str>>> = std::sync::LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .map(|spec| {
+            spec.template
+                .trim_start_matches('/')
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .collect()
+});
+
 /// Finds the route for `raw_path` (percent-encoded, without the query).
 ///
 /// `Ok(None)`: no route has this shape (a `404`). Errors are bad encodings
@@ -153,13 +167,7 @@ pub fn find(raw_path: &str) -> Result<Option<Match>, ApiError> {
     } else {
         path.split('/').collect()
     };
-    for spec in ROUTES {
-        let template: Vec<&str> = spec
-            .template
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
+    for (spec, template) in ROUTES.iter().zip(TEMPLATES.iter()) {
         let shape_fits = if spec.prefix {
             segments.len() >= template.len()
         } else {

@@ -37,8 +37,6 @@ use crate::transport::{Inbound, Transport};
 pub const TAG_SWIM: u8 = 1;
 /// First byte of a stream request that carries a replica RPC.
 pub const TAG_RPC: u8 = 2;
-/// Replica RPCs queued for the node before new ones are refused.
-const RPC_QUEUE_MAX: usize = 1024;
 /// How long the endpoint stays open after the leave was gossiped.
 const LEAVE_LINGER: Duration = Duration::from_millis(300);
 /// How often seeds are resolved and, while alone, contacted.
@@ -106,17 +104,6 @@ pub fn ring_name(ring: RingState) -> &'static str {
     }
 }
 
-/// A replica RPC that arrived from a peer.
-#[derive(Debug)]
-pub struct RpcRequest {
-    /// The peer's cluster address.
-    pub from: SocketAddr,
-    /// The request, without the tag byte.
-    pub bytes: Bytes,
-    /// Sends the answer.
-    pub reply: crate::transport::Responder,
-}
-
 #[derive(Debug)]
 enum Command {
     Leave(oneshot::Sender<()>),
@@ -154,7 +141,7 @@ impl Cluster {
         local_id: NodeId,
         transport: Transport,
         inbound: mpsc::Receiver<Inbound>,
-    ) -> anyhow::Result<(Cluster, mpsc::Receiver<RpcRequest>)> {
+    ) -> anyhow::Result<Cluster> {
         let origin = Instant::now();
         let meta = Meta {
             addr: config.advertise,
@@ -181,7 +168,6 @@ impl Cluster {
         let generation = Arc::new(AtomicU64::new(1));
         let counters = Arc::new(ClusterCounters::default());
         let (commands, commands_rx) = mpsc::channel(16);
-        let (rpc_tx, rpc_rx) = mpsc::channel(RPC_QUEUE_MAX);
         // With seeds to join, the node has not joined until it hears of
         // another member (see `Cluster::joined`).
         let joined = Arc::new(AtomicBool::new(config.seeds.is_empty()));
@@ -195,24 +181,20 @@ impl Cluster {
             timer_seq: 0,
             seeds: config.seeds,
             seed_addrs: Vec::new(),
-            rpc: rpc_tx,
             counters: counters.clone(),
             push_pulls_in_flight: Arc::new(AtomicUsize::new(0)),
             joined: joined.clone(),
         };
         tokio::spawn(driver.run(inbound, commands_rx));
-        Ok((
-            Cluster {
-                counters,
-                local_id,
-                transport,
-                members,
-                generation,
-                commands,
-                joined,
-            },
-            rpc_rx,
-        ))
+        Ok(Cluster {
+            counters,
+            local_id,
+            transport,
+            members,
+            generation,
+            commands,
+            joined,
+        })
     }
 
     /// Counters for metrics.
@@ -317,7 +299,6 @@ struct Driver {
     seeds: Vec<String>,
     /// What the seeds resolved to last time.
     seed_addrs: Vec<SocketAddr>,
-    rpc: mpsc::Sender<RpcRequest>,
     counters: Arc<ClusterCounters>,
     /// Push-pull exchanges still running (a leave waits for them).
     push_pulls_in_flight: Arc<AtomicUsize>,
@@ -453,18 +434,12 @@ impl Driver {
                         self.bad(from, &err);
                     }
                 },
+                // Replica RPCs are answered by the coordinator where they
+                // arrive (`Transport::serve_directly`); one gets here only
+                // before the coordinator is serving.
                 Some(&TAG_RPC) => {
-                    let request = RpcRequest {
-                        from,
-                        bytes: bytes.slice(1..),
-                        reply,
-                    };
-                    if let Err(err) = self.rpc.try_send(request) {
-                        debug!(%from, "replica RPC queue full; refused a request");
-                        let (mpsc::error::TrySendError::Full(request)
-                        | mpsc::error::TrySendError::Closed(request)) = err;
-                        request.reply.refuse();
-                    }
+                    debug!(%from, "refused a replica request: not serving them yet");
+                    reply.refuse();
                 }
                 _ => {
                     reply.refuse();

@@ -29,11 +29,13 @@
 //! storage semantics are the store's, bytes on the wire the transport's.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use http_api::{BackendError, RequestId};
 use membership::{Member, MemberState, RingState};
@@ -43,9 +45,53 @@ use storage::{
 };
 use tracing::{Instrument as _, debug, warn};
 
-use crate::cluster::{Cluster, RpcRequest, TAG_RPC};
+use crate::cluster::{Cluster, TAG_RPC};
 use crate::ring::{Ring, RingMember};
 use crate::rpc::{self, Apply, Envelope, ErrorKind, Request, Response};
+use crate::transport::{RequestHandler, Responder};
+
+/// The next reply of `pending` (`None` once all came), or `Err` when
+/// `expiry` fires first: one timer serves a whole wait for a quorum rather
+/// than one per reply.
+async fn next_reply(
+    pending: &mut FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>>,
+    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<Option<Reply>, Expired> {
+    tokio::select! {
+        biased;
+        reply = pending.next() => Ok(reply),
+        () = expiry => Err(Expired),
+    }
+}
+
+/// The deadline of a wait passed.
+#[derive(Debug)]
+struct Expired;
+
+/// The merge of replica copies. A copy equal to the merge so far (replicas
+/// usually agree) is skipped rather than merged, which would copy it.
+fn merge_copies<'a>(copies: impl IntoIterator<Item = &'a Object>) -> Option<Object> {
+    let mut merged: Option<Object> = None;
+    for copy in copies {
+        merged = Some(match merged {
+            Some(acc) if acc == *copy => acc,
+            Some(acc) => acc.merge(copy),
+            None => copy.clone(),
+        });
+    }
+    merged
+}
+
+/// Replica RPCs from peers, answered by the coordinator where they arrive
+/// (see [`crate::transport::Transport::serve_directly`]).
+#[derive(Debug)]
+pub struct ReplicaRpcs(pub Arc<Coordinator>);
+
+impl RequestHandler for ReplicaRpcs {
+    fn handle(&self, from: SocketAddr, bytes: Bytes, reply: Responder) -> BoxFuture<'static, ()> {
+        Box::pin(self.0.clone().answer_rpc(from, bytes, reply))
+    }
+}
 
 /// Replication settings of a node.
 #[derive(Debug, Clone)]
@@ -863,56 +909,51 @@ impl Coordinator {
         })
     }
 
-    /// Serves replica RPCs from peers until the channel closes.
-    pub async fn serve_rpcs(self: Arc<Self>, mut rpcs: tokio::sync::mpsc::Receiver<RpcRequest>) {
-        while let Some(rpc_request) = rpcs.recv().await {
-            let this = self.clone();
-            tokio::spawn(async move {
-                let response = match rpc::decode_envelope(&rpc_request.bytes) {
-                    Ok(Envelope {
-                        request_ids,
-                        budget_ms,
-                        request,
-                        ..
-                    }) => {
-                        rpc::log_serving(Some(rpc_request.from), &request_ids, &request);
-                        let budget = Duration::from_millis(u64::from(budget_ms));
-                        let response = match tokio::time::timeout(budget, this.serve(request)).await
-                        {
-                            Ok(Ok(response)) => response,
-                            Ok(Err(err)) => Response::Error {
-                                kind: ErrorKind::Internal,
-                                message: err.to_string(),
-                            },
-                            // The caller gave up; an answer would go nowhere.
-                            Err(_) => {
-                                debug!(from = %rpc_request.from, ?request_ids, "replica request outlived its budget; dropped");
-                                return;
-                            }
-                        };
-                        rpc::log_failures(&request_ids, &response);
-                        response
-                    }
-                    Err(err @ rpc::DecodeError::Format(_)) => {
-                        // A peer of another version: not a bad request, a
-                        // replica that cannot serve this node now.
-                        debug!(from = %rpc_request.from, %err, "refused a replica request of another RPC format");
-                        Response::Error {
-                            kind: ErrorKind::Unavailable,
-                            message: format!("{err}; this node speaks format {}", rpc::RPC_FORMAT),
-                        }
-                    }
-                    Err(err) => {
-                        debug!(from = %rpc_request.from, %err, "refused a malformed replica request");
-                        Response::Error {
-                            kind: ErrorKind::BadRequest,
-                            message: err.to_string(),
-                        }
+    /// Answers one replica RPC from the peer at `from` (`bytes` without
+    /// the tag byte), on the task that read it.
+    async fn answer_rpc(self: Arc<Self>, from: SocketAddr, bytes: Bytes, reply: Responder) {
+        let response = match rpc::decode_envelope(&bytes) {
+            Ok(Envelope {
+                request_ids,
+                budget_ms,
+                request,
+                ..
+            }) => {
+                rpc::log_serving(Some(from), &request_ids, &request);
+                let budget = Duration::from_millis(u64::from(budget_ms));
+                let response = match tokio::time::timeout(budget, self.serve(request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(err)) => Response::Error {
+                        kind: ErrorKind::Internal,
+                        message: err.to_string(),
+                    },
+                    // The caller gave up; an answer would go nowhere.
+                    Err(_) => {
+                        debug!(%from, ?request_ids, "replica request outlived its budget; dropped");
+                        return;
                     }
                 };
-                rpc_request.reply.send(&rpc::encode(&response)).await;
-            });
-        }
+                rpc::log_failures(&request_ids, &response);
+                response
+            }
+            Err(err @ rpc::DecodeError::Format(_)) => {
+                // A peer of another version: not a bad request, a
+                // replica that cannot serve this node now.
+                debug!(%from, %err, "refused a replica request of another RPC format");
+                Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("{err}; this node speaks format {}", rpc::RPC_FORMAT),
+                }
+            }
+            Err(err) => {
+                debug!(%from, %err, "refused a malformed replica request");
+                Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: err.to_string(),
+                }
+            }
+        };
+        reply.send(&rpc::encode(&response)).await;
     }
 
     /// Bucket properties, defaults when unset.
@@ -979,6 +1020,7 @@ impl Coordinator {
             }
         });
         let total = healthy.len() as u32;
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
         let mut answered: Vec<(u128, Option<Object>)> = Vec::new();
         let (mut found, mut notfound, mut failed) = (0u32, 0u32, 0u32);
         let majority = n / 2 + 1;
@@ -1002,7 +1044,7 @@ impl Coordinator {
                 }
                 break Err(quorum_error(r, found + notfound, "r"));
             }
-            match tokio::time::timeout_at(deadline.into(), pending.next()).await {
+            match next_reply(&mut pending, expiry.as_mut()).await {
                 Ok(Some(reply)) => match reply.result {
                     Ok(Response::Object(Some(object))) => {
                         found += 1;
@@ -1030,16 +1072,7 @@ impl Coordinator {
             }
         };
         outcome?;
-        let merged =
-            answered
-                .iter()
-                .filter_map(|(_, o)| o.as_ref())
-                .fold(None::<Object>, |acc, o| {
-                    Some(match acc {
-                        Some(acc) => acc.merge(o),
-                        None => o.clone(),
-                    })
-                });
+        let merged = merge_copies(answered.iter().filter_map(|(_, o)| o.as_ref()));
         if self.config.read_repair {
             let this = self.clone();
             let bucket = req.bucket.to_vec();
@@ -1089,17 +1122,7 @@ impl Coordinator {
                 answered.push((reply.node, object));
             }
         }
-        let Some(merged) =
-            answered
-                .iter()
-                .filter_map(|(_, o)| o.as_ref())
-                .fold(None::<Object>, |acc, o| {
-                    Some(match acc {
-                        Some(acc) => acc.merge(o),
-                        None => o.clone(),
-                    })
-                })
-        else {
+        let Some(merged) = merge_copies(answered.iter().filter_map(|(_, o)| o.as_ref())) else {
             return;
         };
         let stale: Vec<u128> = answered
@@ -1370,6 +1393,7 @@ impl Coordinator {
         let mut pending = pending;
         let (mut acks, mut durable_acks, mut primary_acks) = (1u32, u32::from(durable), 1u32);
         let mut outstanding = pending.len() as u32;
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
         // The first replica whose storage refused (disk full, poisoned):
         // named in a missed quorum, so the client learns why.
         let mut refused: Option<String> = None;
@@ -1400,7 +1424,7 @@ impl Coordinator {
             if primary_acks + outstanding < pw {
                 return Err(missed(pw, primary_acks, "pw", &refused));
             }
-            match tokio::time::timeout_at(deadline.into(), pending.next()).await {
+            match next_reply(&mut pending, expiry.as_mut()).await {
                 Ok(Some(reply)) => {
                     outstanding -= 1;
                     match reply.result {

@@ -10,8 +10,8 @@
 //! batch of reads, on the async worker that received it. Reads of the local
 //! store take no lane at all. A lane
 //! adds no delay: an idle lane sends the first request at once, and batches
-//! grow only while earlier ones are in flight (at most
-//! [`IN_FLIGHT_MAX`] per lane), the way group commit batches fsyncs.
+//! grow only while the previous one is in flight (one batch per lane at a
+//! time, sent by the lane's own task), the way group commit batches fsyncs.
 //!
 //! Reads and writes use separate lanes so a read never waits for a write's
 //! fsync. Requests of other kinds are not batched.
@@ -24,13 +24,11 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::coordinator::Coordinator;
 use crate::rpc::{Request, Response};
 
-/// Batches one lane may have in flight at once.
-pub const IN_FLIGHT_MAX: usize = 1;
 /// Requests in one batch.
 pub const BATCH_MAX: usize = 128;
 /// Rough bytes in one batch; a larger request travels alone.
@@ -102,15 +100,10 @@ impl Lanes {
 }
 
 /// Sends the lane's requests in batches until the coordinator goes away.
+/// The task sends each batch itself and waits for its answers, so whatever
+/// queues meanwhile becomes the next batch.
 async fn run(coordinator: Weak<Coordinator>, node: u128, mut rx: mpsc::Receiver<Queued>) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
+    while let Some(first) = rx.recv().await {
         let mut size = estimated_size(&first.request);
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX && size < BATCH_BYTES_MAX {
@@ -125,14 +118,10 @@ async fn run(coordinator: Weak<Coordinator>, node: u128, mut rx: mpsc::Receiver<
         let Some(coordinator) = coordinator.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
-            coordinator.send_batch(node, batch).await;
-            drop(permit);
-        });
+        coordinator.send_batch(node, batch).await;
     }
 }
 
-/// Bytes a request will take on the wire, roughly.
 fn estimated_size(request: &Request) -> usize {
     let object_size = |o: &storage::Object| {
         o.siblings

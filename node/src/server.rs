@@ -24,9 +24,9 @@ use membership::{NodeId, RingState};
 
 use crate::aae::{self, AaeStats};
 use crate::backend::NodeBackend;
-use crate::cluster::{Cluster, ClusterConfig, RpcRequest};
+use crate::cluster::{Cluster, ClusterConfig, TAG_RPC};
 use crate::config::Config;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, ReplicaRpcs};
 use crate::handoff::{self, HandoffStats};
 use crate::reaper::{self, ReaperStats};
 use crate::tls::ClusterTls;
@@ -111,14 +111,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("binding HTTP listener on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
-    let (cluster, rpcs) =
-        start_cluster(&config, &secret, identity.node_id, http_addr, ring_state).await?;
+    let cluster = start_cluster(&config, &secret, identity.node_id, http_addr, ring_state).await?;
     let coordinator = Arc::new(Coordinator::new(
         Arc::new(store),
         cluster.clone(),
         config.replication.clone(),
     ));
-    tokio::spawn(coordinator.clone().serve_rpcs(rpcs));
+    cluster
+        .transport()
+        .serve_directly(TAG_RPC, Arc::new(ReplicaRpcs(coordinator.clone())))
+        .map_err(|err| anyhow::anyhow!(err))?;
     let handoff_stats = Arc::new(HandoffStats::default());
     tokio::spawn(handoff::run(
         coordinator.clone(),
@@ -239,7 +241,7 @@ async fn start_cluster(
     node_id: u64,
     http_addr: SocketAddr,
     ring_state: RingState,
-) -> anyhow::Result<(Cluster, tokio::sync::mpsc::Receiver<RpcRequest>)> {
+) -> anyhow::Result<Cluster> {
     let tls = ClusterTls::from_secret(&config.cluster_name, secret)?;
     let swim = membership::Config {
         // QUIC datagrams must fit the path: before MTU discovery a QUIC

@@ -14,14 +14,18 @@
 //! Boundary: the transport moves bytes. It does not decode them; what arrives
 //! goes to the node through a bounded channel of [`Inbound`] values, and when
 //! that channel is full, datagrams are dropped (SWIM tolerates loss) and
-//! requests are refused by closing their stream.
+//! requests are refused by closing their stream. Requests of the one kind
+//! registered with [`Transport::serve_directly`] (replica RPCs, the bulk of
+//! the traffic) skip the channel: the stream's own task answers them, so a
+//! replica request costs no hop to another task.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -106,16 +110,38 @@ impl Responder {
         let _ = self.send.reset(1u32.into());
     }
 
-    /// Sends `bytes` as the whole answer.
+    /// Sends `bytes` as the whole answer. It returns once the bytes are
+    /// handed to the connection: a finished stream keeps being
+    /// retransmitted until the peer acknowledges it or the connection
+    /// closes, so nothing waits for the acknowledgement.
     pub async fn send(mut self, bytes: &[u8]) {
         if let Err(err) = self.send.write_all(bytes).await {
             debug!(%err, "could not send a response");
             return;
         }
         let _ = self.send.finish();
-        // Wait until the peer has the bytes (or gave up) before dropping the
-        // stream, so the answer is not cut short.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.send.stopped()).await;
+    }
+}
+
+/// Answers the requests of one kind on the task that read them (see
+/// [`Transport::serve_directly`]).
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Answers `bytes` (the request without its tag byte) from `from`
+    /// through `reply`.
+    fn handle(&self, from: SocketAddr, bytes: Bytes, reply: Responder) -> BoxFuture<'static, ()>;
+}
+
+/// The kind of request served directly, and by what.
+struct Direct {
+    tag: u8,
+    handler: Arc<dyn RequestHandler>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,6 +177,8 @@ struct Inner {
     /// connection attempt.
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     inbound: mpsc::Sender<Inbound>,
+    /// Set once: the request kind answered where it arrives.
+    direct: OnceLock<Direct>,
 }
 
 fn transport_config(idle_timeout: Duration) -> anyhow::Result<Arc<quinn::TransportConfig>> {
@@ -194,9 +222,24 @@ impl Transport {
             connect_timeout: config.connect_timeout,
             peers: Mutex::new(HashMap::new()),
             inbound: tx,
+            direct: OnceLock::new(),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok((Transport { inner }, rx))
+    }
+
+    /// From now on, requests whose first byte is `tag` are answered by
+    /// `handler` on the task that read them instead of going to the inbound
+    /// channel. Only one kind can be registered; a second call is refused.
+    pub fn serve_directly(
+        &self,
+        tag: u8,
+        handler: Arc<dyn RequestHandler>,
+    ) -> Result<(), &'static str> {
+        self.inner
+            .direct
+            .set(Direct { tag, handler })
+            .map_err(|_| "a request kind is already served directly")
     }
 
     /// The bound UDP address.
@@ -355,6 +398,13 @@ async fn serve_connection(inner: Arc<Inner>, connection: quinn::Connection) {
                         return;
                     }
                 };
+                if let Some(direct) = inner.direct.get()
+                    && bytes.first() == Some(&direct.tag)
+                {
+                    let reply = Responder { send };
+                    direct.handler.handle(from, bytes.slice(1..), reply).await;
+                    return;
+                }
                 let request = Inbound::Request {
                     from,
                     bytes,

@@ -125,9 +125,27 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Names an object record in errors and logs.
-pub(crate) fn object_record_name(bucket: &[u8], key: &[u8]) -> String {
-    format!("object {}/{}", escape(bucket), escape(key))
+/// What a record is called in errors; built only when one is reported, so
+/// that reading a record allocates no name.
+pub trait RecordName {
+    /// The name, e.g. `object bucket/key`.
+    fn record_name(&self) -> String;
+}
+
+impl<T: AsRef<str> + ?Sized> RecordName for &T {
+    fn record_name(&self) -> String {
+        (*self).as_ref().to_owned()
+    }
+}
+
+/// The name of the object record of a bucket and key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ObjectRecord<'a>(pub &'a [u8], pub &'a [u8]);
+
+impl RecordName for ObjectRecord<'_> {
+    fn record_name(&self) -> String {
+        format!("object {}/{}", escape(self.0), escape(self.1))
+    }
 }
 
 /// Encodes an object record.
@@ -151,14 +169,14 @@ pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
 
 /// Whether an object record's header says it is all tombstones, checking only
 /// the header (for listings). The full decode cross-checks the flag.
-pub fn object_is_deleted(record: &str, bytes: &[u8]) -> Result<bool, StoreError> {
-    let flags = object_header(record, bytes)?;
+pub fn object_is_deleted(record: impl RecordName, bytes: &[u8]) -> Result<bool, StoreError> {
+    let flags = object_header(&record, bytes)?;
     Ok(flags & FLAG_DELETED != 0)
 }
 
-fn object_header(record: &str, bytes: &[u8]) -> Result<u8, StoreError> {
+fn object_header(record: &impl RecordName, bytes: &[u8]) -> Result<u8, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        record: record.to_owned(),
+        record: record.record_name(),
         reason,
     };
     let [format, flags, ..] = bytes else {
@@ -174,12 +192,12 @@ fn object_header(record: &str, bytes: &[u8]) -> Result<u8, StoreError> {
 }
 
 /// Decodes and checks an object record.
-pub fn decode_object(record: &str, bytes: &[u8]) -> Result<Object, StoreError> {
+pub fn decode_object(record: impl RecordName, bytes: &[u8]) -> Result<Object, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        record: record.to_owned(),
+        record: record.record_name(),
         reason,
     };
-    let flags = object_header(record, bytes)?;
+    let flags = object_header(&record, bytes)?;
     let (object, rest): (Object, &[u8]) =
         postcard::take_from_bytes(&bytes[OBJECT_HEADER_SIZE_BYTES..])
             .map_err(|err| corrupt(format!("object does not decode: {err}")))?;

@@ -55,9 +55,9 @@ use crate::error::{StoreError, escape};
 use crate::identity::{self, DotCounter, Identity};
 use crate::layout::{
     self, KEYSPACE_HINTS, KEYSPACE_INDEX, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS,
-    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_INDEX_VERSION, META_PARTITION_COUNT, bucket_prefix,
-    decode_object, encode_object, object_is_deleted, object_key, object_record_name,
-    prefix_successor, split_object_key,
+    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_INDEX_VERSION, META_PARTITION_COUNT, ObjectRecord,
+    bucket_prefix, decode_object, encode_object, object_is_deleted, object_key, prefix_successor,
+    split_object_key,
 };
 use crate::limits::Limits;
 use crate::merkle::{self, KeyDigest, TreeId};
@@ -607,7 +607,7 @@ impl Store {
             let (store_key, value) = first.into_inner()?;
             let (bucket, key) = split_key(&store_key)?;
             let prefix = bucket_prefix(bucket);
-            let mut live = !object_is_deleted(&object_record_name(bucket, key), &value)?;
+            let mut live = !object_is_deleted(ObjectRecord(bucket, key), &value)?;
             if !live {
                 for guard in iter {
                     let (store_key, value) = guard.into_inner()?;
@@ -615,7 +615,7 @@ impl Store {
                         break;
                     }
                     let (bucket, key) = split_key(&store_key)?;
-                    if !object_is_deleted(&object_record_name(bucket, key), &value)? {
+                    if !object_is_deleted(ObjectRecord(bucket, key), &value)? {
                         live = true;
                         break;
                     }
@@ -1021,9 +1021,7 @@ impl Store {
     ) -> Result<Option<(Object, usize)>, StoreError> {
         self.objects
             .get(store_key)?
-            .map(|bytes| {
-                decode_object(&object_record_name(bucket, key), &bytes).map(|o| (o, bytes.len()))
-            })
+            .map(|bytes| decode_object(ObjectRecord(bucket, key), &bytes).map(|o| (o, bytes.len())))
             .transpose()
     }
 
@@ -1286,7 +1284,7 @@ impl Iterator for Keys {
                 .and_then(|(k, v)| {
                     let (bucket, key) = split_key(&k)?;
                     debug_assert_eq!(bucket.len() + 2, self.prefix_size_bytes);
-                    let deleted = object_is_deleted(&object_record_name(bucket, key), &v)?;
+                    let deleted = object_is_deleted(ObjectRecord(bucket, key), &v)?;
                     Ok((!deleted).then(|| key.to_vec()))
                 });
             match entry {
@@ -1321,7 +1319,7 @@ impl Iterator for Objects {
                 .map_err(StoreError::from)
                 .and_then(|(k, v)| {
                     let (bucket, key) = split_key(&k)?;
-                    let object = decode_object(&object_record_name(bucket, key), &v)?;
+                    let object = decode_object(ObjectRecord(bucket, key), &v)?;
                     Ok((bucket.to_vec(), key.to_vec(), object))
                 }),
         )

@@ -530,7 +530,7 @@ impl Store {
         };
         let stored = self.objects.get(&store_key)?;
         let object = match &stored {
-            Some(bytes) => match decode_object(&object_record_name(bucket, key), bytes) {
+            Some(bytes) => match decode_object(ObjectRecord(bucket, key), bytes) {
                 Ok(object) => Some((object, bytes.len())),
                 // A corrupt object is reported where it is read; its index
                 // record stays as it was, so exchanges keep asking peers for it.
