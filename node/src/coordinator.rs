@@ -64,6 +64,15 @@ async fn next_reply(
     }
 }
 
+/// Who a replica request is served for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// This node's own coordinator.
+    Local,
+    /// A peer, over the network.
+    Peer,
+}
+
 /// The deadline of a wait passed.
 #[derive(Debug)]
 struct Expired;
@@ -446,7 +455,7 @@ impl Coordinator {
         if node == view_local {
             rpc::log_serving(None, &request_ids, &request);
             let result = self
-                .serve(request)
+                .serve(request, Reader::Local)
                 .await
                 .map_err(|e| format!("local replica task failed: {e}"));
             if let Ok(response) = &result {
@@ -579,10 +588,18 @@ impl Coordinator {
     /// coordinator or a peer's: a batch with one wait for durability, a
     /// point read on this worker (see `is_read`), anything else on a
     /// blocking thread.
-    async fn serve(self: &Arc<Self>, request: Request) -> Result<Response, tokio::task::JoinError> {
+    ///
+    /// For a peer (`to`), a point read answers with the stored record as
+    /// it is ([`Response::Record`]): the peer decodes and checks it, and
+    /// this node does not decode it only to encode it again.
+    async fn serve(
+        self: &Arc<Self>,
+        request: Request,
+        to: Reader,
+    ) -> Result<Response, tokio::task::JoinError> {
         match request {
-            Request::Batch(requests) => Ok(self.execute_batch_async(requests).await),
-            request if is_read(&request) => Ok(self.execute(request)),
+            Request::Batch(requests) => Ok(self.execute_batch_async(requests, to).await),
+            request if is_read(&request) => Ok(self.read(request, to)),
             request => {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || this.execute(request)).await
@@ -605,9 +622,13 @@ impl Coordinator {
     /// [`Coordinator::execute_batch`] without a thread blocked on the
     /// fsync: the writes are applied on a blocking thread, which is then
     /// free; the commit thread's fsync wakes this task.
-    pub async fn execute_batch_async(self: &Arc<Self>, requests: Vec<Request>) -> Response {
+    pub async fn execute_batch_async(
+        self: &Arc<Self>,
+        requests: Vec<Request>,
+        to: Reader,
+    ) -> Response {
         if requests.iter().all(is_read) {
-            return Response::Batch(requests.into_iter().map(|r| self.execute(r)).collect());
+            return Response::Batch(requests.into_iter().map(|r| self.read(r, to)).collect());
         }
         let this = self.clone();
         let staged = match tokio::task::spawn_blocking(move || this.stage_batch(requests)).await {
@@ -771,6 +792,23 @@ impl Coordinator {
     }
 
     /// Carries out a replica request against the local store (blocking).
+    /// Serves a point read (see [`Coordinator::serve`]); anything else
+    /// goes to [`Coordinator::execute`].
+    fn read(&self, request: Request, to: Reader) -> Response {
+        match (request, to) {
+            (Request::Get { bucket, key }, Reader::Peer) => {
+                match self.store.get_record(&bucket, &key) {
+                    Ok(record) => Response::Record(record.map(Bytes::from)),
+                    Err(err) => {
+                        let (kind, message) = store_error(err);
+                        Response::Error { kind, message }
+                    }
+                }
+            }
+            (request, _) => self.execute(request),
+        }
+    }
+
     pub fn execute(&self, request: Request) -> Response {
         let request = match self.stage_write(request) {
             Staging::Write(deferred, apply) => {
@@ -921,7 +959,9 @@ impl Coordinator {
             }) => {
                 rpc::log_serving(Some(from), &request_ids, &request);
                 let budget = Duration::from_millis(u64::from(budget_ms));
-                let response = match tokio::time::timeout(budget, self.serve(request)).await {
+                let response = match tokio::time::timeout(budget, self.serve(request, Reader::Peer))
+                    .await
+                {
                     Ok(Ok(response)) => response,
                     Ok(Err(err)) => Response::Error {
                         kind: ErrorKind::Internal,

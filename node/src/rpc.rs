@@ -27,8 +27,10 @@ use tracing::{Level, debug, error, warn};
 
 /// Format version of the envelope; a peer speaking another is refused with
 /// [`DecodeError::Format`] before the rest is decoded. Version 2 replaced
-/// version 1's per-RPC `u64` counter with client request ids.
-pub const RPC_FORMAT: u8 = 2;
+/// version 1's per-RPC `u64` counter with client request ids; version 3
+/// answers a peer's point read with the stored record
+/// ([`Response::Record`]).
+pub const RPC_FORMAT: u8 = 3;
 
 /// Wraps every request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +245,11 @@ pub enum Response {
     RemovedIds(Vec<u128>),
     /// One answer per request of a [`Request::Batch`], in order.
     Batch(Vec<Response>),
+    /// A replica's answer to a peer's [`Request::Get`]: the stored record
+    /// as it is, which the replica need not decode only to encode it again.
+    /// [`decode_response`] decodes and checks it into [`Response::Object`]
+    /// (a corrupt record into [`Response::Error`]), so no caller sees this.
+    Record(Option<bytes::Bytes>),
     /// The replica could not do it.
     Error {
         /// What kind of failure, for the coordinator's mapping.
@@ -450,7 +457,28 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     if !response_well_formed(&response, true) {
         return Err(DecodeError::BadObject);
     }
-    Ok(response)
+    Ok(open_records(response))
+}
+
+/// Decodes and checks every [`Response::Record`] in `response`; one that
+/// does not decode becomes an error for its own request only.
+fn open_records(response: Response) -> Response {
+    match response {
+        Response::Record(None) => Response::Object(None),
+        Response::Record(Some(record)) => {
+            match storage::layout::decode_object("the replica's copy", &record) {
+                Ok(object) => Response::Object(Some(object)),
+                Err(err) => Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: err.to_string(),
+                },
+            }
+        }
+        Response::Batch(responses) => {
+            Response::Batch(responses.into_iter().map(open_records).collect())
+        }
+        other => other,
+    }
 }
 
 fn response_well_formed(response: &Response, top_level: bool) -> bool {
@@ -500,6 +528,47 @@ mod tests {
             decode_envelope(&encode(&other)),
             Err(DecodeError::Format(9))
         ));
+    }
+
+    /// A replica's record answer is decoded and checked where it arrives:
+    /// a good one becomes the object, a corrupt one an error for its own
+    /// request only, a missing one "not found".
+    #[test]
+    fn records_open_into_objects_and_a_corrupt_one_fails_alone() {
+        let mut object = Object::default();
+        let dot = storage::Dot {
+            actor: storage::ActorId { node: 1, epoch: 7 },
+            counter: 1,
+        };
+        let content = Content {
+            value: b"v".to_vec(),
+            meta: storage::Metadata::default(),
+            deleted: false,
+        };
+        object
+            .update(&VersionVector::default(), dot, content)
+            .unwrap();
+        let mut record = vec![1, 0];
+        record.extend(postcard::to_stdvec(&object).unwrap());
+        let mut corrupt = record.clone();
+        corrupt.truncate(record.len() - 1);
+        let batch = Response::Batch(vec![
+            Response::Record(Some(record.into())),
+            Response::Record(Some(corrupt.into())),
+            Response::Record(None),
+        ]);
+        let Response::Batch(answers) = decode_response(&encode(&batch)).unwrap() else {
+            panic!("not a batch");
+        };
+        assert!(matches!(&answers[0], Response::Object(Some(o)) if *o == object));
+        assert!(matches!(
+            &answers[1],
+            Response::Error {
+                kind: ErrorKind::Internal,
+                ..
+            }
+        ));
+        assert!(matches!(&answers[2], Response::Object(None)));
     }
 
     fn get() -> Request {

@@ -358,6 +358,19 @@ impl Store {
         self.read(bucket, key, &object_key(bucket, key))
     }
 
+    /// [`Store::get`] without the decode: the stored record as it is, for a
+    /// reader that decodes and checks it itself with
+    /// [`crate::layout::decode_object`] (a replica answering a peer, which
+    /// would otherwise decode the object only to encode it again).
+    pub fn get_record(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.limits.check_key(bucket, key)?;
+        bump(&self.counters.gets);
+        Ok(self
+            .objects
+            .get(object_key(bucket, key))?
+            .map(|bytes| bytes.to_vec()))
+    }
+
     /// Coordinates a write at this replica: mints a fresh dot, applies
     /// [`Object::update`]`(context, dot, content)` to the local copy and
     /// persists it.
