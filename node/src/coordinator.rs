@@ -50,11 +50,14 @@ use crate::ring::{Ring, RingMember};
 use crate::rpc::{self, Apply, Envelope, ErrorKind, Request, Response};
 use crate::transport::{RequestHandler, Responder};
 
+/// Replies still to come from a fan-out, in the order they arrive.
+type Pending = FuturesUnordered<BoxFuture<'static, Reply>>;
+
 /// The next reply of `pending` (`None` once all came), or `Err` when
 /// `expiry` fires first: one timer serves a whole wait for a quorum rather
 /// than one per reply.
 async fn next_reply(
-    pending: &mut FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>>,
+    pending: &mut Pending,
     expiry: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Result<Option<Reply>, Expired> {
     tokio::select! {
@@ -791,7 +794,6 @@ impl Coordinator {
         )
     }
 
-    /// Carries out a replica request against the local store (blocking).
     /// Serves a point read (see [`Coordinator::serve`]); anything else
     /// goes to [`Coordinator::execute`].
     fn read(&self, request: Request, to: Reader) -> Response {
@@ -809,6 +811,7 @@ impl Coordinator {
         }
     }
 
+    /// Carries out a replica request against the local store (blocking).
     pub fn execute(&self, request: Request) -> Response {
         let request = match self.stage_write(request) {
             Staging::Write(deferred, apply) => {
@@ -1152,7 +1155,7 @@ impl Coordinator {
         bucket: Vec<u8>,
         key: Vec<u8>,
         mut answered: Vec<(u128, Option<Object>)>,
-        mut pending: FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>>,
+        mut pending: Pending,
         resolve_by_time: bool,
         request_id: Option<RequestId>,
     ) {
@@ -1204,7 +1207,7 @@ impl Coordinator {
         deadline: Instant,
         request_id: Option<RequestId>,
         mut request: impl FnMut(u128) -> Request,
-    ) -> FuturesUnordered<futures_util::future::BoxFuture<'static, Reply>> {
+    ) -> Pending {
         let pending = FuturesUnordered::new();
         for &node in nodes {
             let this = self.clone();
@@ -1220,8 +1223,7 @@ impl Coordinator {
                     primary,
                     result,
                 }
-            })
-                as futures_util::future::BoxFuture<'static, Reply>);
+            }) as BoxFuture<'static, Reply>);
         }
         pending
     }
@@ -1427,8 +1429,7 @@ impl Coordinator {
                     primary: owner.is_none(),
                     result,
                 }
-            })
-                as futures_util::future::BoxFuture<'static, Reply>);
+            }) as BoxFuture<'static, Reply>);
         }
         let mut pending = pending;
         let (mut acks, mut durable_acks, mut primary_acks) = (1u32, u32::from(durable), 1u32);

@@ -6,10 +6,10 @@
 //! durability on the replica. A lane queues the reads (or the writes) for one
 //! node; a sender takes everything queued so far as one
 //! [`Request::Batch`], which the replica carries out in one blocking task
-//! with one wait for durability ([`Coordinator::execute_batch`]), or, for a
-//! batch of reads, on the async worker that received it. Reads of the local
-//! store take no lane at all. A lane
-//! adds no delay: an idle lane sends the first request at once, and batches
+//! with one wait for durability ([`Coordinator::execute_batch_async`]),
+//! or, for a batch of reads, on the async worker that received it. Reads
+//! of the local store take no lane at all. A lane adds no delay: an idle
+//! lane sends the first request at once, and batches
 //! grow only while the previous one is in flight (one batch per lane at a
 //! time, sent by the lane's own task), the way group commit batches fsyncs.
 //!
