@@ -203,6 +203,7 @@ fn rpc_seeds() {
                 durable: true,
             },
         ),
+        ("applied", Response::Applied { durable: true }),
         ("names", Response::Names(vec![b"a".to_vec(), b"b".to_vec()])),
         ("done", Response::Done),
         (

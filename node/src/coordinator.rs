@@ -170,8 +170,19 @@ impl View {
 /// A replica request, split into a write started without waiting for its
 /// durability, or anything else (see [`Coordinator::stage_write`]).
 enum Staging {
-    Write(Result<storage::Deferred, StoreError>, Apply),
+    Write(Result<storage::Deferred, StoreError>, Apply, Answer),
     Other(Request),
+}
+
+/// What a replica write answers once durable.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// The stored copy ([`Response::Written`]): a `Put`'s, which its
+    /// coordinator goes on to replicate.
+    Copy,
+    /// Only that it was applied ([`Response::Applied`]): a `Merge` or
+    /// `Hint`, whose sender already has the object.
+    Ack,
 }
 
 /// A batch whose writes are applied but not yet durable.
@@ -184,7 +195,7 @@ struct StagedBatch {
 /// One request of a batch after it was applied.
 enum Staged {
     Done(Response),
-    Write(storage::Written),
+    Write(storage::Written, Answer),
 }
 
 /// Bytes one RPC moved.
@@ -252,6 +263,14 @@ fn quorum_error(needed: u32, replied: u32, what: &str) -> BackendError {
         needed,
         replied,
         what: what.to_owned(),
+    }
+}
+
+/// A durable (or not) replica write's answer, as `answer` says.
+fn written_answer(object: Object, durable: bool, answer: Answer) -> Response {
+    match answer {
+        Answer::Copy => Response::Written { object, durable },
+        Answer::Ack => Response::Applied { durable },
     }
 }
 
@@ -694,6 +713,7 @@ impl Coordinator {
                     self.store
                         .put_deferred(&bucket, &key, &context, content, opts),
                     apply,
+                    Answer::Copy,
                 )
             }
             Request::Merge {
@@ -709,6 +729,7 @@ impl Coordinator {
                 Staging::Write(
                     self.store.merge_deferred(&bucket, &key, &object, opts),
                     apply,
+                    Answer::Ack,
                 )
             }
             Request::Hint {
@@ -720,6 +741,7 @@ impl Coordinator {
             } => Staging::Write(
                 self.store.put_hint_deferred(owner, &bucket, &key, &object),
                 apply,
+                Answer::Ack,
             ),
             other => Staging::Other(other),
         }
@@ -732,7 +754,7 @@ impl Coordinator {
         let mut want_sync = false;
         for request in requests {
             let write = match self.stage_write(request) {
-                Staging::Write(result, apply) => Some((result, apply.sync)),
+                Staging::Write(result, apply, answer) => Some((result, apply.sync, answer)),
                 Staging::Other(Request::Batch(_)) => {
                     staged.push(Staged::Done(Response::Error {
                         kind: ErrorKind::BadRequest,
@@ -746,12 +768,12 @@ impl Coordinator {
                 }
             };
             match write {
-                Some((Ok(deferred), sync)) => {
+                Some((Ok(deferred), sync, answer)) => {
                     last_seq = Some(last_seq.map_or(deferred.seq, |s| s.max(deferred.seq)));
                     want_sync |= sync;
-                    staged.push(Staged::Write(deferred.written));
+                    staged.push(Staged::Write(deferred.written, answer));
                 }
-                Some((Err(err), _)) => {
+                Some((Err(err), _, _)) => {
                     let (kind, message) = store_error(err);
                     staged.push(Staged::Done(Response::Error { kind, message }));
                 }
@@ -779,11 +801,8 @@ impl Coordinator {
                 .into_iter()
                 .map(|s| match s {
                     Staged::Done(response) => response,
-                    Staged::Write(written) => match &durability {
-                        Ok(durable) => Response::Written {
-                            object: written.object,
-                            durable: *durable,
-                        },
+                    Staged::Write(written, answer) => match &durability {
+                        Ok(durable) => written_answer(written.object, *durable, answer),
                         Err(err) => Response::Error {
                             kind: ErrorKind::Unavailable,
                             message: format!("the write could not be made durable: {err}"),
@@ -814,7 +833,7 @@ impl Coordinator {
     /// Carries out a replica request against the local store (blocking).
     pub fn execute(&self, request: Request) -> Response {
         let request = match self.stage_write(request) {
-            Staging::Write(deferred, apply) => {
+            Staging::Write(deferred, apply, answer) => {
                 let result = deferred.and_then(|deferred| {
                     let durable = self.store.await_durable(deferred.seq)?;
                     self.synced(
@@ -823,6 +842,7 @@ impl Coordinator {
                             ..deferred.written
                         },
                         apply,
+                        answer,
                     )
                 });
                 return result.unwrap_or_else(|err| {
@@ -938,16 +958,18 @@ impl Coordinator {
         })
     }
 
-    fn synced(&self, written: storage::Written, apply: Apply) -> Result<Response, StoreError> {
+    fn synced(
+        &self,
+        written: storage::Written,
+        apply: Apply,
+        answer: Answer,
+    ) -> Result<Response, StoreError> {
         let mut durable = written.durable;
         if apply.sync && !durable {
             self.store.sync_all()?;
             durable = true;
         }
-        Ok(Response::Written {
-            object: written.object,
-            durable,
-        })
+        Ok(written_answer(written.object, durable, answer))
     }
 
     /// Answers one replica RPC from the peer at `from` (`bytes` without
@@ -1389,7 +1411,7 @@ impl Coordinator {
                         .call_batched(local, minter, addr, hint, request_id, deadline)
                         .await
                     {
-                        Ok(Response::Written { .. }) => {}
+                        Ok(Response::Applied { .. }) => {}
                         other => warn!(
                             owner = format_args!("{primary:032x}"),
                             ?other,
@@ -1469,7 +1491,7 @@ impl Coordinator {
                 Ok(Some(reply)) => {
                     outstanding -= 1;
                     match reply.result {
-                        Ok(Response::Written { durable, .. }) => {
+                        Ok(Response::Applied { durable }) => {
                             acks += 1;
                             durable_acks += u32::from(durable);
                             primary_acks += u32::from(reply.primary);

@@ -152,7 +152,7 @@ async fn deliver(
             .call(view.local, target, addr, request, deadline)
             .await
         {
-            Ok(Response::Written { durable: true, .. }) => {
+            Ok(Response::Applied { durable: true }) => {
                 let store = coordinator.store().clone();
                 let removed = tokio::task::spawn_blocking(move || {
                     store.remove_hint(owner, &bucket, &key, &object)

@@ -29,8 +29,9 @@ use tracing::{Level, debug, error, warn};
 /// [`DecodeError::Format`] before the rest is decoded. Version 2 replaced
 /// version 1's per-RPC `u64` counter with client request ids; version 3
 /// answers a peer's point read with the stored record
-/// ([`Response::Record`]).
-pub const RPC_FORMAT: u8 = 3;
+/// ([`Response::Record`]); version 4 acknowledges a `Merge` or `Hint`
+/// without the merged copy ([`Response::Applied`]).
+pub const RPC_FORMAT: u8 = 4;
 
 /// Wraps every request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +210,13 @@ pub enum Response {
     Written {
         /// The stored copy.
         object: Object,
+        /// Fsynced before answering.
+        durable: bool,
+    },
+    /// A `Merge` or `Hint` was applied, and whether it was fsynced. The
+    /// merged copy stays with the replica: the sender already has the
+    /// object it sent, and nobody needs the merge.
+    Applied {
         /// Fsynced before answering.
         durable: bool,
     },
