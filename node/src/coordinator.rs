@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use http_api::{BackendError, RequestId};
 use membership::{Member, MemberState, RingState};
@@ -1138,7 +1138,19 @@ impl Coordinator {
         };
         outcome?;
         let merged = merge_copies(answered.iter().filter_map(|(_, o)| o.as_ref()));
-        if self.config.read_repair {
+        // Replies that are already in join now: when that is all of them
+        // and every copy matches, nothing is left to wait for or repair, and
+        // no task is spawned (the common case of a healthy cluster).
+        while let Some(Some(reply)) = pending.next().now_or_never() {
+            if let Ok(Response::Object(object)) = reply.result {
+                answered.push((reply.node, object));
+            }
+        }
+        let settled = pending.is_empty()
+            && answered
+                .iter()
+                .all(|(_, copy)| copy.as_ref() == merged.as_ref());
+        if self.config.read_repair && !settled {
             let this = self.clone();
             let bucket = req.bucket.to_vec();
             let key = req.key.to_vec();
