@@ -566,15 +566,42 @@ impl Dockerfile {
 // ---------------------------------------------------------------------------
 // The release binary
 
+/// `cargo`, without the variables cargo set for this test process. Build
+/// scripts that declare one with `rerun-if-env-changed` (ring does, for
+/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`) would otherwise see it changed
+/// since `scripts/test` built the release binary, and cargo would rebuild
+/// ring and everything above it under this test's deadline.
+fn cargo_as_outside_tests() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo = matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        ) || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_");
+        if set_by_cargo {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Builds (if needed) and returns the release `starling` binary, with the
 /// very command the Dockerfile's builder stage runs.
 pub fn release_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let started = Instant::now();
-            let output = Command::new(cargo)
+            let output = cargo_as_outside_tests()
                 .args(RELEASE_BUILD_ARGS)
                 .arg("--message-format=json-render-diagnostics")
                 .current_dir(repo_root())
