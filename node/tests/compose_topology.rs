@@ -21,6 +21,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod compose_support;
+mod release_build;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use compose_support::{
-    Compose, Container, Dockerfile, Filesystem, Network, RELEASE_BUILD_ARGS, RuntimeStage, Service,
-    describe, in_netns, netns_available, open_up, release_binary, repo_file, rooted,
-    validate_against, wait_until, yaml_documents_to_json, yaml_to_json,
+    Compose, Container, Dockerfile, Filesystem, Network, RuntimeStage, Service, describe, in_netns,
+    netns_available, open_up, release_binary, repo_file, rooted, validate_against, wait_until,
+    yaml_documents_to_json, yaml_to_json,
 };
+use release_build::RELEASE_BUILD_ARGS;
 use serde_json::Value;
 
 const COMPOSE: &str = "docker/compose.yaml";
@@ -409,6 +411,13 @@ fn dockerfile_builds_the_tested_binary_into_a_non_root_image() {
     assert!(
         file.runs.iter().any(|(_, run)| run.contains(&build)),
         "a build stage runs `{build}`, the command the namespace test builds with"
+    );
+    // The test command builds it first, outside any test's deadline; the
+    // tests' own build is then a no-op only if the command is the same.
+    let test_command = repo_file("scripts/test");
+    assert!(
+        test_command.contains(&build),
+        "scripts/test runs `{build}` before the tests"
     );
     assert!(
         file.runs

@@ -566,80 +566,14 @@ impl Dockerfile {
 // ---------------------------------------------------------------------------
 // The release binary
 
-/// `cargo`, without the variables cargo set for this test process. Build
-/// scripts that declare one with `rerun-if-env-changed` (ring does, for
-/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`) would otherwise see it changed
-/// since `scripts/test` built the release binary, and cargo would rebuild
-/// ring and everything above it under this test's deadline.
-fn cargo_as_outside_tests() -> Command {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo = matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "OUT_DIR"
-        ) || name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_BIN_");
-        if set_by_cargo {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
 /// Builds (if needed) and returns the release `starling` binary, with the
 /// very command the Dockerfile's builder stage runs.
 pub fn release_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let started = Instant::now();
-            let output = cargo_as_outside_tests()
-                .args(RELEASE_BUILD_ARGS)
-                .arg("--message-format=json-render-diagnostics")
-                .current_dir(repo_root())
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "building the release binary failed"
-            );
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let executable = stdout
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "starling")
-                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-                .expect("cargo named no starling executable");
-            eprintln!(
-                "release binary {} ready in {:?}",
-                executable.display(),
-                started.elapsed()
-            );
-            executable
-        })
+        .get_or_init(|| crate::release_build::build(&repo_root()))
         .clone()
 }
-
-/// `cargo` arguments that build the release binary: the Dockerfile must
-/// build with the same ones.
-pub const RELEASE_BUILD_ARGS: &[&str] = &[
-    "build",
-    "--release",
-    "--locked",
-    "-p",
-    "node",
-    "--bin",
-    "starling",
-];
 
 // ---------------------------------------------------------------------------
 // Network namespaces
