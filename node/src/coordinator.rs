@@ -170,19 +170,8 @@ impl View {
 /// A replica request, split into a write started without waiting for its
 /// durability, or anything else (see [`Coordinator::stage_write`]).
 enum Staging {
-    Write(Result<storage::Deferred, StoreError>, Apply, Answer),
+    Write(Result<storage::Deferred, StoreError>, Apply),
     Other(Request),
-}
-
-/// What a replica write answers once durable.
-#[derive(Clone, Copy)]
-enum Answer {
-    /// The stored copy ([`Response::Written`]): a `Put`'s, which its
-    /// coordinator goes on to replicate.
-    Copy,
-    /// Only that it was applied ([`Response::Applied`]): a `Merge` or
-    /// `Hint`, whose sender already has the object.
-    Ack,
 }
 
 /// A batch whose writes are applied but not yet durable.
@@ -195,7 +184,7 @@ struct StagedBatch {
 /// One request of a batch after it was applied.
 enum Staged {
     Done(Response),
-    Write(storage::Written, Answer),
+    Write(storage::Written),
 }
 
 /// Bytes one RPC moved.
@@ -266,12 +255,40 @@ fn quorum_error(needed: u32, replied: u32, what: &str) -> BackendError {
     }
 }
 
-/// A durable (or not) replica write's answer, as `answer` says.
-fn written_answer(object: Object, durable: bool, answer: Answer) -> Response {
-    match answer {
-        Answer::Copy => Response::Written { object, durable },
-        Answer::Ack => Response::Applied { durable },
+/// A replica write's answer: a put, which minted a dot, answers with the
+/// stored copy holding it ([`Response::Written`]), which its coordinator
+/// replicates; a merge or hint minted none and its sender has the object
+/// already, so it only acknowledges ([`Response::Applied`]).
+fn written_answer(written: storage::Written, durable: bool) -> Response {
+    match written.dot {
+        Some(_) => Response::Written {
+            object: written.object,
+            durable,
+        },
+        None => Response::Applied { durable },
     }
+}
+
+/// Adds a late read reply's copy to `answered` (a failed reply adds none).
+fn add_copy(answered: &mut Vec<(u128, Option<Object>)>, reply: Reply) {
+    if let Ok(Response::Object(object)) = reply.result {
+        answered.push((reply.node, object));
+    }
+}
+
+/// Takes the read replies that are already in, without waiting: whether
+/// that was all of them and every copy equals `merged`, so that read repair
+/// has nothing to wait for or mend and needs no task (the common case of a
+/// healthy cluster).
+fn all_in_and_alike(
+    pending: &mut Pending,
+    answered: &mut Vec<(u128, Option<Object>)>,
+    merged: &Option<Object>,
+) -> bool {
+    while let Some(Some(reply)) = pending.next().now_or_never() {
+        add_copy(answered, reply);
+    }
+    pending.is_empty() && answered.iter().all(|(_, copy)| copy == merged)
 }
 
 fn store_error(err: StoreError) -> (ErrorKind, String) {
@@ -713,7 +730,6 @@ impl Coordinator {
                     self.store
                         .put_deferred(&bucket, &key, &context, content, opts),
                     apply,
-                    Answer::Copy,
                 )
             }
             Request::Merge {
@@ -729,7 +745,6 @@ impl Coordinator {
                 Staging::Write(
                     self.store.merge_deferred(&bucket, &key, &object, opts),
                     apply,
-                    Answer::Ack,
                 )
             }
             Request::Hint {
@@ -741,7 +756,6 @@ impl Coordinator {
             } => Staging::Write(
                 self.store.put_hint_deferred(owner, &bucket, &key, &object),
                 apply,
-                Answer::Ack,
             ),
             other => Staging::Other(other),
         }
@@ -754,7 +768,7 @@ impl Coordinator {
         let mut want_sync = false;
         for request in requests {
             let write = match self.stage_write(request) {
-                Staging::Write(result, apply, answer) => Some((result, apply.sync, answer)),
+                Staging::Write(result, apply) => Some((result, apply.sync)),
                 Staging::Other(Request::Batch(_)) => {
                     staged.push(Staged::Done(Response::Error {
                         kind: ErrorKind::BadRequest,
@@ -768,12 +782,12 @@ impl Coordinator {
                 }
             };
             match write {
-                Some((Ok(deferred), sync, answer)) => {
+                Some((Ok(deferred), sync)) => {
                     last_seq = Some(last_seq.map_or(deferred.seq, |s| s.max(deferred.seq)));
                     want_sync |= sync;
-                    staged.push(Staged::Write(deferred.written, answer));
+                    staged.push(Staged::Write(deferred.written));
                 }
-                Some((Err(err), _, _)) => {
+                Some((Err(err), _)) => {
                     let (kind, message) = store_error(err);
                     staged.push(Staged::Done(Response::Error { kind, message }));
                 }
@@ -801,8 +815,8 @@ impl Coordinator {
                 .into_iter()
                 .map(|s| match s {
                     Staged::Done(response) => response,
-                    Staged::Write(written, answer) => match &durability {
-                        Ok(durable) => written_answer(written.object, *durable, answer),
+                    Staged::Write(written) => match &durability {
+                        Ok(durable) => written_answer(written, *durable),
                         Err(err) => Response::Error {
                             kind: ErrorKind::Unavailable,
                             message: format!("the write could not be made durable: {err}"),
@@ -833,7 +847,7 @@ impl Coordinator {
     /// Carries out a replica request against the local store (blocking).
     pub fn execute(&self, request: Request) -> Response {
         let request = match self.stage_write(request) {
-            Staging::Write(deferred, apply, answer) => {
+            Staging::Write(deferred, apply) => {
                 let result = deferred.and_then(|deferred| {
                     let durable = self.store.await_durable(deferred.seq)?;
                     self.synced(
@@ -842,7 +856,6 @@ impl Coordinator {
                             ..deferred.written
                         },
                         apply,
-                        answer,
                     )
                 });
                 return result.unwrap_or_else(|err| {
@@ -958,18 +971,13 @@ impl Coordinator {
         })
     }
 
-    fn synced(
-        &self,
-        written: storage::Written,
-        apply: Apply,
-        answer: Answer,
-    ) -> Result<Response, StoreError> {
+    fn synced(&self, written: storage::Written, apply: Apply) -> Result<Response, StoreError> {
         let mut durable = written.durable;
         if apply.sync && !durable {
             self.store.sync_all()?;
             durable = true;
         }
-        Ok(written_answer(written.object, durable, answer))
+        Ok(written_answer(written, durable))
     }
 
     /// Answers one replica RPC from the peer at `from` (`bytes` without
@@ -1138,19 +1146,7 @@ impl Coordinator {
         };
         outcome?;
         let merged = merge_copies(answered.iter().filter_map(|(_, o)| o.as_ref()));
-        // Replies that are already in join now: when that is all of them
-        // and every copy matches, nothing is left to wait for or repair, and
-        // no task is spawned (the common case of a healthy cluster).
-        while let Some(Some(reply)) = pending.next().now_or_never() {
-            if let Ok(Response::Object(object)) = reply.result {
-                answered.push((reply.node, object));
-            }
-        }
-        let settled = pending.is_empty()
-            && answered
-                .iter()
-                .all(|(_, copy)| copy.as_ref() == merged.as_ref());
-        if self.config.read_repair && !settled {
+        if self.config.read_repair && !all_in_and_alike(&mut pending, &mut answered, &merged) {
             let this = self.clone();
             let bucket = req.bucket.to_vec();
             let key = req.key.to_vec();
@@ -1195,9 +1191,7 @@ impl Coordinator {
     ) {
         let window = Instant::now() + self.config.read_repair_window;
         while let Ok(Some(reply)) = tokio::time::timeout_at(window.into(), pending.next()).await {
-            if let Ok(Response::Object(object)) = reply.result {
-                answered.push((reply.node, object));
-            }
+            add_copy(&mut answered, reply);
         }
         let Some(merged) = merge_copies(answered.iter().filter_map(|(_, o)| o.as_ref())) else {
             return;
