@@ -102,6 +102,9 @@ struct State {
     synced_seq: u64,
     /// Writers between [`Syncer::begin_append`] and [`Append::finish`].
     appending: u64,
+    /// The committer waits for a first write (not for appends in flight
+    /// to land): any finished append must wake it.
+    committer_idle: bool,
     /// Duration of the last fsync: bounds how long the committer gathers.
     last_fsync: Duration,
     /// The store is closing: the committer drains and exits.
@@ -111,12 +114,23 @@ struct State {
     waiters: Vec<(u64, DurableCallback)>,
 }
 
+impl State {
+    /// Whether a finished (or withdrawn) append must wake the committer:
+    /// when it waits for a first write, or gathers and this was the last
+    /// append in flight. Waking it for every append while it gathers would
+    /// only make it check and sleep again, a context switch per write.
+    fn wakes_committer(&self) -> bool {
+        self.committer_idle || self.appending == 0
+    }
+}
+
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("written_seq", &self.written_seq)
             .field("synced_seq", &self.synced_seq)
             .field("appending", &self.appending)
+            .field("committer_idle", &self.committer_idle)
             .field("last_fsync", &self.last_fsync)
             .field("shutdown", &self.shutdown)
             .field("waiters", &self.waiters.len())
@@ -371,8 +385,9 @@ impl Append<'_> {
         state.appending -= 1;
         state.written_seq += 1;
         let seq = state.written_seq;
+        let wake = state.wakes_committer();
         drop(state);
-        if self.syncer.policy.syncs_every_write() {
+        if wake && self.syncer.policy.syncs_every_write() {
             self.syncer.shared.written.notify_one();
         }
         seq
@@ -385,8 +400,11 @@ impl Drop for Append<'_> {
             let mut state = self.syncer.shared.state.lock();
             assert!(state.appending > 0, "append withdrawn twice");
             state.appending -= 1;
+            let wake = state.wakes_committer();
             drop(state);
-            self.syncer.shared.written.notify_one();
+            if wake {
+                self.syncer.shared.written.notify_one();
+            }
         }
     }
 }
@@ -548,8 +566,10 @@ impl Shared {
             let target = {
                 let mut state = self.state.lock();
                 while state.written_seq == state.synced_seq && !state.shutdown {
+                    state.committer_idle = true;
                     self.written.wait(&mut state);
                 }
+                state.committer_idle = false;
                 if state.written_seq == state.synced_seq {
                     // Shut down with nothing pending.
                     return;
