@@ -212,6 +212,8 @@ pub struct Coordinator {
     ring_cache: Mutex<RingCache>,
     /// Batching of replica requests per node.
     lanes: crate::lane::Lanes,
+    /// The thread that applies replica write batches.
+    applier: crate::applier::Applier,
     /// The last view, with the member generation and removed-set size it
     /// was built from: most requests reuse it.
     view_cache: Mutex<Option<(u64, usize, Arc<View>)>>,
@@ -323,8 +325,13 @@ fn refusal(kind: ErrorKind, message: String) -> BackendError {
 }
 
 impl Coordinator {
-    /// A coordinator over the local store and cluster.
-    pub fn new(store: Arc<Store>, cluster: Cluster, config: ReplicationConfig) -> Coordinator {
+    /// A coordinator over the local store and cluster, with its applier
+    /// thread.
+    pub fn new(
+        store: Arc<Store>,
+        cluster: Cluster,
+        config: ReplicationConfig,
+    ) -> std::io::Result<Coordinator> {
         let removed = match store.cluster_meta(META_REMOVED) {
             Ok(Some(bytes)) => postcard::from_bytes::<Vec<u128>>(&bytes).unwrap_or_else(|err| {
                 warn!(%err, "the record of removed nodes does not decode; starting empty");
@@ -336,15 +343,16 @@ impl Coordinator {
                 Vec::new()
             }
         };
-        Coordinator {
+        Ok(Coordinator {
             store,
             cluster,
             config,
             ring_cache: Mutex::new(RingCache::default()),
             view_cache: Mutex::new(None),
             lanes: crate::lane::Lanes::default(),
+            applier: crate::applier::Applier::start()?,
             removed: parking_lot::RwLock::new(removed.into_iter().collect()),
-        }
+        })
     }
 
     /// The nodes removed from the cluster for good.
@@ -661,8 +669,9 @@ impl Coordinator {
     }
 
     /// [`Coordinator::execute_batch`] without a thread blocked on the
-    /// fsync: the writes are applied on a blocking thread, which is then
-    /// free; the commit thread's fsync wakes this task.
+    /// fsync: the writes are applied on the applier thread (see
+    /// [`crate::applier`]), which is then free; the commit thread's fsync
+    /// wakes this task.
     pub async fn execute_batch_async(
         self: &Arc<Self>,
         requests: Vec<Request>,
@@ -672,7 +681,7 @@ impl Coordinator {
             return Response::Batch(requests.into_iter().map(|r| self.read(r, to)).collect());
         }
         let this = self.clone();
-        let staged = match tokio::task::spawn_blocking(move || this.stage_batch(requests)).await {
+        let staged = match self.applier.run(move || this.stage_batch(requests)).await {
             Ok(staged) => staged,
             Err(err) => {
                 return Response::Error {

@@ -7,6 +7,7 @@
 
 pub mod aae;
 pub mod admin;
+pub mod applier;
 pub mod backend;
 pub mod cluster;
 pub mod config;

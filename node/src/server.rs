@@ -112,11 +112,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("binding HTTP listener on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
     let cluster = start_cluster(&config, &secret, identity.node_id, http_addr, ring_state).await?;
-    let coordinator = Arc::new(Coordinator::new(
-        Arc::new(store),
-        cluster.clone(),
-        config.replication.clone(),
-    ));
+    let coordinator = Arc::new(
+        Coordinator::new(Arc::new(store), cluster.clone(), config.replication.clone())
+            .context("starting the applier thread")?,
+    );
     cluster
         .transport()
         .serve_directly(TAG_RPC, Arc::new(ReplicaRpcs(coordinator.clone())))

@@ -1,0 +1,99 @@
+//! The applier: one thread per node that applies replica write batches.
+//!
+//! A batch of replica writes (a lane's, from this node's coordinator or a
+//! peer's) touches the store for tens of microseconds: a point read, a
+//! journal append, memtable inserts. Each used to take a thread of tokio's
+//! blocking pool: a hand-off to an idle thread, its wake-up, and several
+//! such threads contending for fjall's journal mutex. One thread per node
+//! takes the batches in the order they come instead; under load it finds
+//! the next batch queued when it finishes one and does not sleep between
+//! them, and the batches of one node never contend with each other.
+//!
+//! The durability wait is not the applier's: a batch returns once its writes
+//! are appended, and the commit thread's fsync completes it (see
+//! `Coordinator::execute_batch_async`). A job that panics fails alone: the
+//! thread catches it and takes the next.
+//!
+//! Boundary: the applier runs closures; what they do is the coordinator's.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The applier thread's queue. Dropping it lets the thread finish the
+/// queued jobs and exit.
+#[derive(Debug)]
+pub struct Applier {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The applier is gone (the node is shutting down) or the job panicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the applier thread did not finish the job")
+    }
+}
+
+impl Applier {
+    /// Starts the thread.
+    pub fn start() -> std::io::Result<Applier> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("starling-apply".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    // The job's own answer channel tells its caller; the
+                    // panic message went to the log through the hook.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Applier { jobs })
+    }
+
+    /// Runs `job` on the applier thread and returns its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Failed> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(job());
+            }))
+            .map_err(|_| Failed)?;
+        rx.await.map_err(|_| Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_in_order_and_a_panic_fails_only_its_own() {
+        let applier = Applier::start().expect("starting the applier thread");
+        let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut answers = Vec::new();
+        for i in 0..10 {
+            let order = order.clone();
+            answers.push(applier.run(move || {
+                order.lock().push(i);
+                i * 2
+            }));
+        }
+        let panicked = applier.run(|| -> u32 { panic!("a failing job") });
+        let after = applier.run(|| 7);
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await, Ok(i * 2));
+        }
+        assert_eq!(panicked.await, Err(Failed));
+        assert_eq!(after.await, Ok(7));
+        assert_eq!(*order.lock(), (0..10).collect::<Vec<_>>());
+    }
+}
