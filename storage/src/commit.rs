@@ -10,10 +10,12 @@
 //!   concurrent writers share one fsync (group commit) and a lone writer pays
 //!   one fsync with no added delay.
 //!
-//!   One fjall detail shapes this: `Database::persist` holds the journal's
-//!   mutex during the fsync, so writers that arrive meanwhile wait in their
-//!   journal append, not after it. Writers therefore announce an append
-//!   before starting it (`Syncer::begin_append`), and before each fsync the
+//!   fjall's own `Database::persist` holds the journal's mutex through the
+//!   fsync, which would stall every append behind it. The committer holds
+//!   the mutex only to hand fjall's buffer to the OS and fsyncs the active
+//!   journal file through a descriptor of its own (`JournalFile`), so
+//!   writers append while an fsync runs. Writers announce an append before
+//!   starting it (`Syncer::begin_append`), and before each fsync the
 //!   committer waits for the appends already in flight to land, bounded by
 //!   the previous fsync's duration (at most [`GATHER_WAIT_MAX`]). A lone
 //!   writer has no one in flight behind it and pays no wait.
@@ -147,6 +149,9 @@ struct Shared {
     path: std::path::PathBuf,
     counters: Arc<Counters>,
     state: Mutex<State>,
+    /// The journal file fsyncs go to, found on the first (see
+    /// [`JournalFile`]).
+    journal: Mutex<Option<JournalFile>>,
     /// Signalled when `synced_seq` advances or the store is poisoned.
     synced: Condvar,
     /// Signalled when a write arrives or the store shuts down.
@@ -188,6 +193,7 @@ impl Syncer {
             path,
             counters,
             state: Mutex::new(State::default()),
+            journal: Mutex::new(None),
             synced: Condvar::new(),
             written: Condvar::new(),
             #[cfg(test)]
@@ -355,6 +361,16 @@ impl Syncer {
         Ok(())
     }
 
+    /// Test hook: the journal file fsyncs go to, once one was found.
+    #[cfg(test)]
+    pub(crate) fn journal_id(&self) -> Option<u64> {
+        self.shared
+            .journal
+            .lock()
+            .as_ref()
+            .map(|journal| journal.id)
+    }
+
     /// Test hook: makes the next fsync fail as a broken disk would.
     #[cfg(test)]
     pub(crate) fn fail_next_fsync(&self) {
@@ -493,10 +509,10 @@ impl Shared {
                 "injected fsync failure",
             )))
         } else {
-            self.db.persist(fjall::PersistMode::SyncAll)
+            self.sync_journal()
         };
         #[cfg(not(test))]
-        let result = self.db.persist(fjall::PersistMode::SyncAll);
+        let result = self.sync_journal();
         match result {
             Ok(()) => Ok(started.elapsed()),
             Err(err) => {
@@ -517,6 +533,23 @@ impl Shared {
                     .check_writable()
                     .expect_err("a failed fsync leaves the store poisoned"))
             }
+        }
+    }
+
+    /// Makes everything appended to the journal so far durable without
+    /// holding fjall's journal mutex through the fsync: the mutex is held
+    /// only to hand fjall's buffer to the OS, then the active journal file
+    /// is fsynced through a descriptor of our own while appends go on.
+    /// Where no journal file is found, fjall fsyncs (under its mutex).
+    fn sync_journal(&self) -> fjall::Result<()> {
+        self.db.persist(fjall::PersistMode::Buffer)?;
+        let mut journal = self.journal.lock();
+        if journal.is_none() {
+            *journal = JournalFile::newest(&self.path)?;
+        }
+        match journal.as_mut() {
+            Some(journal) => Ok(journal.sync(&self.path)?),
+            None => self.db.persist(fjall::PersistMode::SyncAll),
         }
     }
 
@@ -574,9 +607,8 @@ impl Shared {
                     // Shut down with nothing pending.
                     return;
                 }
-                // Let appends already in flight (most likely blocked behind
-                // the previous fsync in fjall's journal mutex) join this
-                // batch, waiting at most about one fsync.
+                // Let appends already in flight join this batch, waiting
+                // at most about one fsync.
                 let gather = state.last_fsync.min(GATHER_WAIT_MAX);
                 let deadline = Instant::now() + gather;
                 while state.appending > 0 && !state.shutdown {
@@ -616,5 +648,61 @@ impl Shared {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// fjall's active journal, fsynced through a descriptor of our own.
+///
+/// fjall keeps its journals in the data directory as `<n>.jnl`, appends to
+/// the newest, and at rotation (once the active one passes 64 MB) creates
+/// `<n+1>.jnl`. Before each fsync, [`JournalFile::sync`] looks for the
+/// next file and follows it, fsyncing the file it leaves one last time
+/// first (fjall fsyncs a journal it seals; this does not rely on it). A
+/// write is appended before the committer reads the sequence number that
+/// covers it, so it is in a file that existed by then: the one followed
+/// or an earlier one, fsynced when it was left. `Cargo.lock` pins fjall;
+/// `storage::store` tests check the naming against it, rotation included.
+#[derive(Debug)]
+struct JournalFile {
+    id: u64,
+    file: std::fs::File,
+}
+
+impl JournalFile {
+    /// The newest journal in `dir`, if there is one.
+    fn newest(dir: &std::path::Path) -> std::io::Result<Option<JournalFile>> {
+        let mut newest: Option<u64> = None;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".jnl"))
+                .and_then(|id| id.parse::<u64>().ok());
+            if let Some(id) = id {
+                newest = Some(newest.map_or(id, |n| n.max(id)));
+            }
+        }
+        match newest {
+            Some(id) => JournalFile::open(dir, id),
+            None => Ok(None),
+        }
+    }
+
+    /// Journal `id` in `dir`, if it exists.
+    fn open(dir: &std::path::Path, id: u64) -> std::io::Result<Option<JournalFile>> {
+        match std::fs::File::open(dir.join(format!("{id}.jnl"))) {
+            Ok(file) => Ok(Some(JournalFile { id, file })),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Follows rotations in `dir`, then fsyncs the newest journal.
+    fn sync(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
+        while let Some(next) = JournalFile::open(dir, self.id + 1)? {
+            self.file.sync_all()?;
+            *self = next;
+        }
+        self.file.sync_all()
     }
 }

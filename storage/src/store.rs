@@ -1206,6 +1206,12 @@ impl Store {
         self.syncer.fail_next_fsync();
     }
 
+    /// Test hook: the journal file the committer fsyncs.
+    #[cfg(test)]
+    pub(crate) fn synced_journal(&self) -> Option<u64> {
+        self.syncer.journal_id()
+    }
+
     /// Test hook: the next journal append fails with ENOSPC.
     #[cfg(test)]
     pub(crate) fn fail_next_append(&self) {

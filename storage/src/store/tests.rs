@@ -1242,3 +1242,69 @@ fn a_batch_of_merges_is_durable_when_it_returns() {
     }
     assert!(store.merge_many(std::iter::empty(), REPAIR).unwrap());
 }
+
+/// The committer fsyncs fjall's journal through its own descriptor, which
+/// relies on fjall's file naming (`<n>.jnl`, the next one `<n+1>.jnl` at
+/// rotation): this pins it against the fjall in `Cargo.lock`.
+#[test]
+fn fsyncs_follow_the_journal_fjall_writes_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    // `Never`: the 64 MB that make fjall rotate its journal go in without a
+    // wait; each `sync_all` below is an fsync through the committer's path.
+    let store = open(dir.path(), SyncPolicy::Never);
+    // Incompressible values, in case the journal compresses.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = || {
+        let value: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        Content {
+            value,
+            ..content("")
+        }
+    };
+    store
+        .put(b"b", b"first", &VersionVector::new(), noise(), PUT)
+        .unwrap();
+    store.sync_all().unwrap();
+    assert_eq!(store.synced_journal(), Some(0));
+    assert!(dir.path().join("0.jnl").exists());
+    for i in 0..66 {
+        let key = format!("fill{i}");
+        store
+            .put(b"b", key.as_bytes(), &VersionVector::new(), noise(), PUT)
+            .unwrap();
+    }
+    // A flush rotates the journal once it holds more than 64 MB.
+    store.rotate_objects_memtable();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !dir.path().join("1.jnl").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fjall never rotated its journal to 1.jnl"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    store
+        .put(
+            b"b",
+            b"after-rotation",
+            &VersionVector::new(),
+            content("x"),
+            PUT,
+        )
+        .unwrap();
+    store.sync_all().unwrap();
+    assert_eq!(store.synced_journal(), Some(1));
+    let newest = std::fs::read(dir.path().join("1.jnl")).unwrap();
+    assert!(
+        newest.windows(14).any(|w| w == b"after-rotation"),
+        "the write after the rotation is not in the journal the committer fsyncs"
+    );
+    store.close().unwrap();
+}
