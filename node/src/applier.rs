@@ -14,6 +14,11 @@
 //! `Coordinator::execute_batch_async`). A job that panics fails alone: the
 //! thread catches it and takes the next.
 //!
+//! The queue has no bound of its own; the lanes bound it. A write lane has
+//! one batch in flight at a time, and the batches queued here are those of
+//! the write lanes pointing at this node (one per peer, and this node's
+//! own), so at most that many wait.
+//!
 //! Boundary: the applier runs closures; what they do is the coordinator's.
 
 use std::panic::AssertUnwindSafe;
