@@ -14,10 +14,11 @@
 //! `Coordinator::execute_batch_async`). A job that panics fails alone: the
 //! thread catches it and takes the next.
 //!
-//! The queue has no bound of its own; the lanes bound it. A write lane has
-//! one batch in flight at a time, and the batches queued here are those of
-//! the write lanes pointing at this node (one per peer, and this node's
-//! own), so at most that many wait.
+//! The queue has no bound of its own; its callers bound it. A peer's write
+//! lane has one batch in flight at a time, and each of this node's own
+//! replica writes is awaited by the request it serves (client requests and
+//! read repairs, both bounded), so what waits here is at most one batch
+//! per peer and one write per request in flight.
 //!
 //! Boundary: the applier runs closures; what they do is the coordinator's.
 

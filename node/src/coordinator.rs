@@ -542,9 +542,9 @@ impl Coordinator {
     }
 
     /// [`Coordinator::call`] through the node's lane for the request's kind
-    /// (see [`crate::lane`]): reads and writes to one node travel in
-    /// batches. Other requests go alone. `request_id` is the client request
-    /// it serves, if any.
+    /// (see [`crate::lane`]): reads and writes to one peer travel in
+    /// batches. Other requests, and the local replica's, go alone.
+    /// `request_id` is the client request it serves, if any.
     pub async fn call_batched(
         self: &Arc<Self>,
         view_local: u128,
@@ -554,16 +554,32 @@ impl Coordinator {
         request_id: Option<RequestId>,
         deadline: Instant,
     ) -> Result<Response, String> {
-        // A local read is served at once (see `is_read`): a lane would only
-        // add hops.
-        let kind = crate::lane::LaneKind::of(&request)
-            .filter(|_| node != view_local || !is_read(&request));
-        let Some(kind) = kind else {
+        let kind = crate::lane::LaneKind::of(&request);
+        // The local replica takes no lane, which would only add hops: a
+        // read is served at once (see `is_read`), a write goes to the
+        // applier thread as a batch of its own, where writes that queue
+        // meanwhile share its fsync.
+        let local_write = node == view_local && kind == Some(crate::lane::LaneKind::Write);
+        let Some(kind) = kind.filter(|_| node != view_local) else {
             let ids = request_id.map(|id| vec![Some(id)]).unwrap_or_default();
-            return self
+            let request = if local_write {
+                Request::Batch(vec![request])
+            } else {
+                request
+            };
+            let answer = self
                 .call_serving(view_local, node, addr, request, ids, deadline)
                 .await
                 .0;
+            return match answer {
+                Ok(Response::Batch(mut answers)) if local_write && answers.len() == 1 => {
+                    Ok(answers.pop().expect("one answer"))
+                }
+                Ok(other) if local_write => {
+                    Err(format!("unexpected answer to a local write: {other:?}"))
+                }
+                other => other,
+            };
         };
         let lane = self.lanes.sender(self, node, kind);
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -581,7 +597,7 @@ impl Coordinator {
         // No timer of its own: every caller bounds its wait already (a
         // quorum wait, a read-repair window), and the answer comes anyway,
         // by the deadline, from the transport's timeout or the lane's check
-        // before sending. A local batch ends with its fsync.
+        // before sending.
         answer
             .await
             .unwrap_or_else(|_| Err("the lane stopped".to_owned()))
@@ -634,9 +650,9 @@ impl Coordinator {
     }
 
     /// Serves a replica request against the local store, for this node's
-    /// coordinator or a peer's: a batch with one wait for durability, a
-    /// point read on this worker (see `is_read`), anything else on a
-    /// blocking thread.
+    /// coordinator or a peer's: a batch on the applier thread with one
+    /// wait for durability, a point read on this worker (see `is_read`),
+    /// anything else on a blocking thread.
     ///
     /// For a peer (`to`), a point read answers with the stored record as
     /// it is ([`Response::Record`]): the peer decodes and checks it, and

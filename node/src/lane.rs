@@ -5,10 +5,13 @@
 //! one, each costs a QUIC stream, a hop to a blocking thread and a wait for
 //! durability on the replica. A lane queues the reads (or the writes) for one
 //! node; a sender takes everything queued so far as one
-//! [`Request::Batch`], which the replica carries out in one blocking task
-//! with one wait for durability ([`Coordinator::execute_batch_async`]),
-//! or, for a batch of reads, on the async worker that received it. Reads
-//! of the local store take no lane at all. A lane adds no delay: an idle
+//! [`Request::Batch`], which the replica carries out in one job of its
+//! applier thread with one wait for durability
+//! ([`Coordinator::execute_batch_async`]),
+//! or, for a batch of reads, on the async worker that received it. The
+//! local replica takes no lane at all: its reads are served at once and
+//! its writes go to the applier thread one by one (`crate::applier`),
+//! where they share fsyncs all the same. A lane adds no delay: an idle
 //! lane sends the first request at once, and batches
 //! grow only while the previous one is in flight (one batch per lane at a
 //! time, sent by the lane's own task), the way group commit batches fsyncs.
