@@ -554,32 +554,15 @@ impl Coordinator {
         request_id: Option<RequestId>,
         deadline: Instant,
     ) -> Result<Response, String> {
-        let kind = crate::lane::LaneKind::of(&request);
-        // The local replica takes no lane, which would only add hops: a
-        // read is served at once (see `is_read`), a write goes to the
-        // applier thread as a batch of its own, where writes that queue
-        // meanwhile share its fsync.
-        let local_write = node == view_local && kind == Some(crate::lane::LaneKind::Write);
-        let Some(kind) = kind.filter(|_| node != view_local) else {
+        // The local replica takes no lane, which would only add hops (see
+        // `serve`: a read is served at once, a write goes to the applier).
+        let kind = crate::lane::LaneKind::of(&request).filter(|_| node != view_local);
+        let Some(kind) = kind else {
             let ids = request_id.map(|id| vec![Some(id)]).unwrap_or_default();
-            let request = if local_write {
-                Request::Batch(vec![request])
-            } else {
-                request
-            };
-            let answer = self
+            return self
                 .call_serving(view_local, node, addr, request, ids, deadline)
                 .await
                 .0;
-            return match answer {
-                Ok(Response::Batch(mut answers)) if local_write && answers.len() == 1 => {
-                    Ok(answers.pop().expect("one answer"))
-                }
-                Ok(other) if local_write => {
-                    Err(format!("unexpected answer to a local write: {other:?}"))
-                }
-                other => other,
-            };
         };
         let lane = self.lanes.sender(self, node, kind);
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -650,9 +633,9 @@ impl Coordinator {
     }
 
     /// Serves a replica request against the local store, for this node's
-    /// coordinator or a peer's: a batch on the applier thread with one
-    /// wait for durability, a point read on this worker (see `is_read`),
-    /// anything else on a blocking thread.
+    /// coordinator or a peer's: a batch or a lone write on the applier
+    /// thread with one wait for durability, a point read on this worker
+    /// (see `is_read`), anything else on a blocking thread.
     ///
     /// For a peer (`to`), a point read answers with the stored record as
     /// it is ([`Response::Record`]): the peer decodes and checks it, and
@@ -665,6 +648,18 @@ impl Coordinator {
         match request {
             Request::Batch(requests) => Ok(self.execute_batch_async(requests, to).await),
             request if is_read(&request) => Ok(self.read(request, to)),
+            // A lone write is a batch of one: applied by the applier, where
+            // writes that queue meanwhile share its fsync.
+            request
+                if crate::lane::LaneKind::of(&request) == Some(crate::lane::LaneKind::Write) =>
+            {
+                match self.execute_batch_async(vec![request], to).await {
+                    Response::Batch(mut answers) if answers.len() == 1 => {
+                        Ok(answers.pop().expect("one answer"))
+                    }
+                    other => Ok(other),
+                }
+            }
             request => {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || this.execute(request)).await
