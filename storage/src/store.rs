@@ -1120,6 +1120,13 @@ impl Store {
             size_bytes: u32::try_from(size_bytes).unwrap_or(u32::MAX),
         };
         let mut batch = self.db.batch();
+        if self.syncer.policy().syncs_every_write() {
+            // Every such write waits for the committer, which hands fjall's
+            // buffer to the OS before its fsync: one `write` system call per
+            // group instead of one per key. Lazier policies hand each write
+            // over at once, so that a crash of the process alone loses none.
+            batch = batch.durability(None);
+        }
         batch.insert(&self.objects, store_key, bytes);
         batch.insert(&self.index, index_key, aae::encode_entry(new_entry));
         if object.is_deleted() {
