@@ -1,14 +1,16 @@
 //! When writes reach the disk: the sync policy and group commit.
 //!
-//! Every write is appended to fjall's journal and handed to the OS before the
-//! store returns (so it survives a crash of the process), but not fsynced.
-//! What happens next depends on [`SyncPolicy`]:
+//! Every write is appended to fjall's journal, not fsynced. What happens
+//! next depends on [`SyncPolicy`]:
 //!
 //! - `Always`: the writer takes a sequence number and waits until the
 //!   committer thread has fsynced past it. The committer takes every write
 //!   that arrived while its previous fsync ran as its next batch, so
 //!   concurrent writers share one fsync (group commit) and a lone writer pays
-//!   one fsync with no added delay.
+//!   one fsync with no added delay. The appends stay in fjall's journal
+//!   buffer until the committer hands the whole group to the OS before its
+//!   fsync (one `write` system call per group, not one per key); a write
+//!   counts only once fsynced, so none that counts is left in a buffer.
 //!
 //!   fjall's own `Database::persist` holds the journal's mutex through the
 //!   fsync, which would stall every append behind it. The committer holds
@@ -20,8 +22,10 @@
 //!   the previous fsync's duration (at most [`GATHER_WAIT_MAX`]). A lone
 //!   writer has no one in flight behind it and pays no wait.
 //! - `Interval`: a thread fsyncs every `interval_ms` if anything was written;
-//!   writes return at once, not yet durable.
-//! - `Never`: the OS writes back when it likes; a clean shutdown fsyncs.
+//!   writes are handed to the OS before the store returns (so they survive
+//!   a crash of the process) and return at once, not yet durable.
+//! - `Never`: as `Interval`, but the OS writes back when it likes; a clean
+//!   shutdown fsyncs.
 //!
 //! A failed fsync poisons the store: the waiting writers and every later
 //! write get [`StoreError::Poisoned`]. The fsync is never retried, because
