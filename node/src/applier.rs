@@ -9,10 +9,12 @@
 //! the next batch queued when it finishes one and does not sleep between
 //! them, and the batches of one node never contend with each other.
 //!
-//! The durability wait is not the applier's: a batch returns once its writes
-//! are appended, and the commit thread's fsync completes it (see
-//! `Coordinator::execute_batch_async`). A job that panics fails alone: the
-//! thread catches it and takes the next.
+//! The durability wait is not the applier's: a batch's job registers its
+//! wait with the commit thread and returns once its writes are appended;
+//! the commit thread's fsync answers the caller (see
+//! `Coordinator::execute_batch_async`), so the waiting task is woken once
+//! per batch, not once for the append and again for the fsync. A job that
+//! panics fails alone: the thread catches it and takes the next.
 //!
 //! The queue has no bound of its own; its callers bound it. A peer's write
 //! lane has one batch in flight at a time, and each of this node's own
@@ -42,7 +44,7 @@ pub struct Failed;
 
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the applier thread did not finish the job")
+        f.write_str("the applier did not finish the job")
     }
 }
 
@@ -67,13 +69,33 @@ impl Applier {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Failed> {
+        self.run_with(move |answer| answer.send(job())).await
+    }
+
+    /// Runs `job` on the applier thread and waits for the answer it hands
+    /// to its [`Answer`], at once or later from another thread (a
+    /// durability callback). An answer dropped unsent (the job panicked, or
+    /// whoever held it did) is [`Failed`].
+    pub async fn run_with<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(Answer<T>) + Send + 'static,
+    ) -> Result<T, Failed> {
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(job());
-            }))
+            .send(Box::new(move || job(Answer(tx))))
             .map_err(|_| Failed)?;
         rx.await.map_err(|_| Failed)
+    }
+}
+
+/// Where a job of [`Applier::run_with`] hands its answer.
+#[derive(Debug)]
+pub struct Answer<T>(oneshot::Sender<T>);
+
+impl<T> Answer<T> {
+    /// Hands `value` to the waiting caller (gone callers are ignored).
+    pub fn send(self, value: T) {
+        let _ = self.0.send(value);
     }
 }
 
@@ -101,5 +123,16 @@ mod tests {
         assert_eq!(panicked.await, Err(Failed));
         assert_eq!(after.await, Ok(7));
         assert_eq!(*order.lock(), (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn an_answer_may_come_from_another_thread_and_a_dropped_one_fails() {
+        let applier = Applier::start().expect("starting the applier thread");
+        let later = applier.run_with(|answer| {
+            std::thread::spawn(move || answer.send("from elsewhere"));
+        });
+        assert_eq!(later.await, Ok("from elsewhere"));
+        let dropped = applier.run_with(|answer: Answer<u8>| drop(answer));
+        assert_eq!(dropped.await, Err(Failed));
     }
 }

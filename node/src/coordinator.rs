@@ -692,29 +692,26 @@ impl Coordinator {
             return Response::Batch(requests.into_iter().map(|r| self.read(r, to)).collect());
         }
         let this = self.clone();
-        let staged = match self.applier.run(move || this.stage_batch(requests)).await {
-            Ok(staged) => staged,
+        // The job registers the durability wait itself, and the commit
+        // thread answers: one wake-up of this task per batch. An answer
+        // dropped unsent (a panic, or a bug in the store's callbacks) fails
+        // the batch: its writes must not count as durable.
+        let staged = self.applier.run_with(move |answer| {
+            let staged = this.stage_batch(requests);
+            match staged.last_seq {
+                None => answer.send((staged, Ok(false))),
+                Some(seq) => this
+                    .store
+                    .on_durable(seq, move |result| answer.send((staged, result))),
+            }
+        });
+        let (staged, durability) = match staged.await {
+            Ok(done) => done,
             Err(err) => {
                 return Response::Error {
                     kind: ErrorKind::Internal,
                     message: format!("replica task failed: {err}"),
                 };
-            }
-        };
-        let durability = match staged.last_seq {
-            None => Ok(false),
-            Some(seq) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.store.on_durable(seq, move |result| {
-                    let _ = tx.send(result);
-                });
-                // The store calls back exactly once; a dropped callback is
-                // a bug, and the write must not count as durable.
-                rx.await.unwrap_or_else(|_| {
-                    Err(StoreError::Io(std::io::Error::other(
-                        "the durability callback was dropped",
-                    )))
-                })
             }
         };
         if staged.want_sync && matches!(durability, Ok(false)) {
