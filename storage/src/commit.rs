@@ -507,6 +507,13 @@ impl Shared {
     fn fsync(&self) -> Result<Duration, StoreError> {
         self.check_writable()?;
         let started = Instant::now();
+        // With `sync=always` the group's appends reach the OS only here
+        // (see the module doc), so a failure here is theirs and classified
+        // as an append's (ENOSPC is `NoSpace`), not as the fsync's. fjall
+        // holds its journal mutex only for this.
+        if let Err(err) = self.db.persist(fjall::PersistMode::Buffer) {
+            return Err(self.append_failed(&err));
+        }
         #[cfg(test)]
         let result = if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
             Err(fjall::Error::Io(std::io::Error::other(
@@ -540,13 +547,11 @@ impl Shared {
         }
     }
 
-    /// Makes everything appended to the journal so far durable without
-    /// holding fjall's journal mutex through the fsync: the mutex is held
-    /// only to hand fjall's buffer to the OS, then the active journal file
-    /// is fsynced through a descriptor of our own while appends go on.
-    /// Where no journal file is found, fjall fsyncs (under its mutex).
+    /// Makes everything handed to the OS so far durable without holding
+    /// fjall's journal mutex: the active journal file is fsynced through a
+    /// descriptor of our own while appends go on. Where no journal file is
+    /// found, fjall fsyncs (under its mutex).
     fn sync_journal(&self) -> fjall::Result<()> {
-        self.db.persist(fjall::PersistMode::Buffer)?;
         let mut journal = self.journal.lock();
         if journal.is_none() {
             *journal = JournalFile::newest(&self.path)?;

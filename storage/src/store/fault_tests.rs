@@ -1,6 +1,7 @@
 //! Storage faults: a disk below the reserve, a journal append that meets
-//! ENOSPC, and (on a real, small filesystem) the journal and a memtable
-//! flush running out of space.
+//! ENOSPC, and (on a real, small filesystem) the journal, the committer's
+//! hand-over of a group of small writes and a memtable flush running out
+//! of space.
 //!
 //! The real-filesystem tests mount a 16 MiB ext4 image on a loop device (a
 //! size-limited tmpfs when loop devices are missing), which needs root.
@@ -426,6 +427,64 @@ fn a_real_full_disk_with_no_reserve_poisons_and_a_restart_recovers() {
     assert_all_readable(&store, &acked);
     assert!(put(&store, "after", b"x").unwrap().durable);
     assert_eq!(value_of(&store, "after").unwrap(), b"x");
+    store.close().unwrap();
+}
+
+/// Small writes stay in fjall's journal buffer until the committer hands
+/// the group to the OS before its fsync, so on a full disk their ENOSPC
+/// comes from that hand-over, not from an append: it must still read as
+/// no space, and no write of the failed group may count.
+#[test]
+fn small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space() {
+    let test = "small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space";
+    let Some(fs) = small_fs(test, 16 << 20) else {
+        return;
+    };
+    let data_dir = fs.path().join("store");
+    let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
+    let filler = fs.fill("filler", u64::MAX);
+    eprintln!("{} bytes left after the filler", fs.available_bytes());
+    let mut acked = BTreeMap::new();
+    let mut refusal = None;
+    // 1 KiB values, far below fjall's 8 KiB journal buffer; 16 MiB of
+    // them is more than the filesystem holds.
+    for i in 0..16_384u32 {
+        let key = format!("s{i:05}");
+        let value = random_value(1 << 10);
+        match put(&store, &key, &value) {
+            Ok(written) => {
+                assert!(written.durable);
+                acked.insert(key, value);
+            }
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refusal.expect("16 MiB of writes fit on a full 16 MiB filesystem");
+    eprintln!("{} writes acknowledged, then: {err}", acked.len());
+    assert!(
+        matches!(
+            err,
+            StoreError::Poisoned {
+                cause: PoisonCause::NoSpace
+            }
+        ),
+        "{err:?}"
+    );
+    let stats = store.stats();
+    assert_eq!(stats.poison_cause, Some(PoisonCause::NoSpace), "{stats:?}");
+    assert_eq!(stats.write_errors_no_space, 1);
+    assert_eq!(stats.fsync_errors, 0);
+    assert_all_readable(&store, &acked);
+    drop(store);
+
+    // With space back, a restart has every acknowledged write.
+    std::fs::remove_file(&filler).unwrap();
+    let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
+    assert_all_readable(&store, &acked);
+    assert!(put(&store, "after", b"x").unwrap().durable);
     store.close().unwrap();
 }
 
