@@ -137,7 +137,11 @@ fn connections_beyond_the_limit_get_503_and_the_header_timeout_frees_them() {
         Duration::from_secs(10),
         || stats_over_fresh_connection(node.http)["http_connections_open"] == 1,
     );
-    let mut idle: Vec<TcpStream> = (0..50)
+    // One more than the limit: the probe that saw itself alone may still
+    // be counted for a moment after it closed, so 50 might leave the node
+    // one short of full. The idle connection past the limit is refused
+    // (and so, if the probe was still counted, is one more).
+    let mut idle: Vec<TcpStream> = (0..51)
         .map(|_| TcpStream::connect(node.http).unwrap())
         .collect();
     let refused = |addr: SocketAddr| {
@@ -163,6 +167,7 @@ fn connections_beyond_the_limit_get_503_and_the_header_timeout_frees_them() {
         Duration::from_secs(20),
         || refused(node.http).starts_with("HTTP/1.1 200"),
     );
+    let mut idle_refused = 0;
     for stream in &mut idle {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -170,16 +175,24 @@ fn connections_beyond_the_limit_get_503_and_the_header_timeout_frees_them() {
         // hyper answers a head that never came with a bare 408, then closes.
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
+        if answer.starts_with("HTTP/1.1 503") {
+            idle_refused += 1;
+            continue;
+        }
         assert!(
             answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
             "{answer}"
         );
     }
     assert!(
+        (1..=2).contains(&idle_refused),
+        "{idle_refused} of 51 idle connections refused at a limit of 50"
+    );
+    assert!(
         stats(&node)["http_connections_refused_total"]
             .as_u64()
             .unwrap()
-            >= 1
+            >= 2
     );
 }
 
