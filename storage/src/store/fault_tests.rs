@@ -343,6 +343,15 @@ fn small_fs(test: &str, size_bytes: u64) -> Option<SmallFs> {
     }
 }
 
+/// A store with no reserve (`sync=always`) on a fresh 16 MiB filesystem;
+/// with the filesystem and the store's directory. `None`: skipped.
+fn store_on_small_fs(test: &str) -> Option<(SmallFs, PathBuf, Store)> {
+    let fs = small_fs(test, 16 << 20)?;
+    let data_dir = fs.path().join("store");
+    let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
+    Some((fs, data_dir, store))
+}
+
 /// A value that does not compress, so it takes its size on disk.
 fn random_value(size_bytes: usize) -> Vec<u8> {
     use rand::RngCore;
@@ -436,12 +445,11 @@ fn a_real_full_disk_with_no_reserve_poisons_and_a_restart_recovers() {
 /// no space, and no write of the failed group may count.
 #[test]
 fn small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space() {
-    let test = "small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space";
-    let Some(fs) = small_fs(test, 16 << 20) else {
+    let Some((fs, data_dir, store)) =
+        store_on_small_fs("small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space")
+    else {
         return;
     };
-    let data_dir = fs.path().join("store");
-    let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
     let filler = fs.fill("filler", u64::MAX);
     eprintln!("{} bytes left after the filler", fs.available_bytes());
     let mut acked = BTreeMap::new();
@@ -490,12 +498,11 @@ fn small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space() {
 
 #[test]
 fn a_flush_failing_for_lack_of_space_keeps_reads_and_a_restart_recovers() {
-    let test = "a_flush_failing_for_lack_of_space_keeps_reads_and_a_restart_recovers";
-    let Some(fs) = small_fs(test, 16 << 20) else {
+    let Some((fs, data_dir, store)) =
+        store_on_small_fs("a_flush_failing_for_lack_of_space_keeps_reads_and_a_restart_recovers")
+    else {
         return;
     };
-    let data_dir = fs.path().join("store");
-    let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
     let mut acked = BTreeMap::new();
     for i in 0..64u32 {
         let key = format!("k{i:04}");
