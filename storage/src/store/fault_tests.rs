@@ -360,13 +360,18 @@ fn random_value(size_bytes: usize) -> Vec<u8> {
     value
 }
 
-/// Puts 32 KiB values until the store refuses one; returns what it
-/// acknowledged and the refusal. Bounded: the filesystem holds far fewer.
-fn write_until_refused(store: &Store, prefix: &str) -> (BTreeMap<String, Vec<u8>>, StoreError) {
+/// Puts values of `value_bytes` until the store refuses one; returns what
+/// it acknowledged and the refusal. Bounded: the tests call it with far
+/// less room left than 10,000 values take.
+fn write_until_refused(
+    store: &Store,
+    prefix: &str,
+    value_bytes: usize,
+) -> (BTreeMap<String, Vec<u8>>, StoreError) {
     let mut acked = BTreeMap::new();
     for i in 0..10_000u32 {
         let key = format!("{prefix}{i:05}");
-        let value = random_value(32 << 10);
+        let value = random_value(value_bytes);
         match put(store, &key, &value) {
             Ok(written) => {
                 assert!(written.durable);
@@ -375,7 +380,7 @@ fn write_until_refused(store: &Store, prefix: &str) -> (BTreeMap<String, Vec<u8>
             Err(err) => return (acked, err),
         }
     }
-    panic!("10,000 writes of 32 KiB fit on a small filesystem");
+    panic!("10,000 writes of {value_bytes} bytes fit on a small filesystem");
 }
 
 fn assert_all_readable(store: &Store, acked: &BTreeMap<String, Vec<u8>>) {
@@ -399,7 +404,7 @@ fn a_real_full_disk_with_no_reserve_poisons_and_a_restart_recovers() {
     // writes, which are slow on a loop device.
     let filler = fs.fill("filler", 8 << 20);
     let store = open_with_reserve(&data_dir, SyncPolicy::Always, 0);
-    let (acked, err) = write_until_refused(&store, "k");
+    let (acked, err) = write_until_refused(&store, "k", 32 << 10);
     eprintln!("{} writes acknowledged, then: {err}", acked.len());
     assert!(acked.len() > 20, "only {} writes fit", acked.len());
     // ENOSPC reaches the journal append on ext4 (delayed allocation
@@ -452,25 +457,8 @@ fn small_writes_meeting_enospc_at_the_committers_flush_read_as_no_space() {
     };
     let filler = fs.fill("filler", u64::MAX);
     eprintln!("{} bytes left after the filler", fs.available_bytes());
-    let mut acked = BTreeMap::new();
-    let mut refusal = None;
-    // 1 KiB values, far below fjall's 8 KiB journal buffer; 16 MiB of
-    // them is more than the filesystem holds.
-    for i in 0..16_384u32 {
-        let key = format!("s{i:05}");
-        let value = random_value(1 << 10);
-        match put(&store, &key, &value) {
-            Ok(written) => {
-                assert!(written.durable);
-                acked.insert(key, value);
-            }
-            Err(err) => {
-                refusal = Some(err);
-                break;
-            }
-        }
-    }
-    let err = refusal.expect("16 MiB of writes fit on a full 16 MiB filesystem");
+    // 1 KiB values, far below fjall's 8 KiB journal buffer.
+    let (acked, err) = write_until_refused(&store, "s", 1 << 10);
     eprintln!("{} writes acknowledged, then: {err}", acked.len());
     assert!(
         matches!(
