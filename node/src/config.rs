@@ -80,6 +80,13 @@ pub struct RawConfig {
     /// With `sync = "interval"`: milliseconds between fsyncs.
     #[arg(long, env = "STARLING_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
+    /// With `sync = "always"`: the least time between the starts of two
+    /// fsyncs, in microseconds (default 1000, so at most 1,000 fsyncs a
+    /// second); writes that arrive in between share the next one. Spares a
+    /// disk that throttles flushes; 0 starts each fsync as soon as the
+    /// previous one ended.
+    #[arg(long, env = "STARLING_FSYNC_SPACING_US")]
+    pub fsync_spacing_us: Option<u64>,
     /// Largest object accepted, in bytes (Riak's default: 50 MiB).
     #[arg(long, env = "STARLING_OBJECT_SIZE_BYTES_MAX")]
     pub object_size_bytes_max: Option<u64>,
@@ -191,6 +198,7 @@ impl RawConfig {
             zone: over.zone.or(self.zone),
             sync: over.sync.or(self.sync),
             sync_interval_ms: over.sync_interval_ms.or(self.sync_interval_ms),
+            fsync_spacing_us: over.fsync_spacing_us.or(self.fsync_spacing_us),
             disk_reserve_bytes: over.disk_reserve_bytes.or(self.disk_reserve_bytes),
             object_size_bytes_max: over.object_size_bytes_max.or(self.object_size_bytes_max),
             shutdown_drain_ms: over.shutdown_drain_ms.or(self.shutdown_drain_ms),
@@ -304,6 +312,8 @@ pub struct Config {
     pub zone: String,
     /// Storage durability policy.
     pub sync: SyncPolicy,
+    /// With `SyncPolicy::Always`: least time between two fsyncs' starts.
+    pub fsync_spacing: Duration,
     /// Storage limits.
     pub limits: Limits,
     /// Free space below which the store refuses writes (0: no check).
@@ -361,6 +371,14 @@ impl Config {
                 bail!("sync_interval_ms only applies with sync = \"interval\"")
             }
             (other, _) => bail!("sync must be always, interval or never, got {other:?}"),
+        };
+        let fsync_spacing = match (sync, raw.fsync_spacing_us) {
+            (_, None) => storage::DEFAULT_FSYNC_SPACING,
+            (SyncPolicy::Always, Some(us)) if us <= 100_000 => Duration::from_micros(us),
+            (SyncPolicy::Always, Some(us)) => {
+                bail!("fsync_spacing_us must be between 0 and 100000, got {us}")
+            }
+            (_, Some(_)) => bail!("fsync_spacing_us only applies with sync = \"always\""),
         };
         if let Some(secret) = &raw.cluster_secret
             && secret.len() < CLUSTER_SECRET_LEN_MIN
@@ -506,6 +524,7 @@ impl Config {
             http_listen,
             cluster_secret: raw.cluster_secret,
             sync,
+            fsync_spacing,
             limits,
             disk_reserve_bytes,
             shutdown_drain: Duration::from_millis(shutdown_drain_ms),
@@ -632,7 +651,13 @@ mod tests {
         let c = Config::from_raw(RawConfig::default()).unwrap();
         assert_eq!(c.http_listen.port(), 8098);
         assert!(matches!(c.sync, SyncPolicy::Always));
+        assert_eq!(c.fsync_spacing, Duration::from_millis(1));
         assert_eq!(c.disk_reserve_bytes, 512 << 20);
+        let unspaced: RawConfig = toml::from_str("fsync_spacing_us = 0").unwrap();
+        assert_eq!(
+            Config::from_raw(unspaced).unwrap().fsync_spacing,
+            Duration::ZERO
+        );
         let off: RawConfig = toml::from_str("disk_reserve_bytes = 0").unwrap();
         assert_eq!(Config::from_raw(off).unwrap().disk_reserve_bytes, 0);
     }
@@ -693,6 +718,8 @@ mod tests {
             "sync = \"sometimes\"",
             "sync = \"always\"\nsync_interval_ms = 5",
             "sync = \"interval\"\nsync_interval_ms = 0",
+            "sync = \"never\"\nfsync_spacing_us = 500",
+            "fsync_spacing_us = 100001",
             "cluster_secret = \"short\"",
             "log_format = \"xml\"",
             "unknown_field = 1",

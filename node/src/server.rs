@@ -100,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         node_id: None,
         partition_count: config.replication.partition_count,
         disk_reserve_bytes: config.disk_reserve_bytes,
+        fsync_spacing: config.fsync_spacing,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await

@@ -21,6 +21,16 @@
 //!   committer waits for the appends already in flight to land, bounded by
 //!   the previous fsync's duration (at most [`GATHER_WAIT_MAX`]). A lone
 //!   writer has no one in flight behind it and pays no wait.
+//!
+//!   Fsyncs are also spaced: one starts no sooner than the spacing
+//!   ([`DEFAULT_FSYNC_SPACING`] unless configured) after the previous one
+//!   started, and the writes that arrive meanwhile join it. A writer that
+//!   comes after a quiet spell pays nothing; under load, fsyncs are capped
+//!   at one per spacing and groups grow instead. Disks, virtual ones most
+//!   of all, throttle flushes: the development machine's disk stalls every
+//!   fsync for 10–20 ms, every 100 ms, once the machine issues more than a
+//!   few thousand a second, which an unspaced committer per node does
+//!   under load (see `docs/performance.md`).
 //! - `Interval`: a thread fsyncs every `interval_ms` if anything was written;
 //!   writes are handed to the OS before the store returns (so they survive
 //!   a crash of the process) and return at once, not yet durable.
@@ -73,6 +83,11 @@ use crate::stats::{Counters, bump};
 /// The longest the committer waits for in-flight appends to join a batch.
 pub const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
 
+/// The least time between the starts of two fsyncs with
+/// [`SyncPolicy::Always`], unless configured: at most 1,000 fsyncs a
+/// second per store.
+pub const DEFAULT_FSYNC_SPACING: Duration = Duration::from_millis(1);
+
 /// When acknowledged writes are fsynced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncPolicy {
@@ -111,6 +126,9 @@ struct State {
     /// The committer waits for a first write (not for appends in flight
     /// to land): any finished append must wake it.
     committer_idle: bool,
+    /// The committer waits out the fsync spacing: appends need not wake
+    /// it, the writes they add join the fsync it is waiting to start.
+    committer_spacing: bool,
     /// Duration of the last fsync: bounds how long the committer gathers.
     last_fsync: Duration,
     /// The store is closing: the committer drains and exits.
@@ -126,7 +144,7 @@ impl State {
     /// append in flight. Waking it for every append while it gathers would
     /// only make it check and sleep again, a context switch per write.
     fn wakes_committer(&self) -> bool {
-        self.committer_idle || self.appending == 0
+        !self.committer_spacing && (self.committer_idle || self.appending == 0)
     }
 }
 
@@ -137,6 +155,7 @@ impl std::fmt::Debug for State {
             .field("synced_seq", &self.synced_seq)
             .field("appending", &self.appending)
             .field("committer_idle", &self.committer_idle)
+            .field("committer_spacing", &self.committer_spacing)
             .field("last_fsync", &self.last_fsync)
             .field("shutdown", &self.shutdown)
             .field("waiters", &self.waiters.len())
@@ -149,6 +168,8 @@ pub(crate) type DurableCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Sen
 
 struct Shared {
     db: fjall::Database,
+    /// The least time between the starts of two group fsyncs.
+    spacing: Duration,
     /// The data directory, for the log.
     path: std::path::PathBuf,
     counters: Arc<Counters>,
@@ -177,12 +198,13 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the committer (`Always`) or interval thread (`Interval`) for
-    /// the database in `path`.
+    /// Starts the committer (`Always`, its fsyncs `spacing` apart) or
+    /// interval thread (`Interval`) for the database in `path`.
     pub(crate) fn start(
         db: fjall::Database,
         path: std::path::PathBuf,
         policy: SyncPolicy,
+        spacing: Duration,
         counters: Arc<Counters>,
     ) -> Result<Syncer, StoreError> {
         if let SyncPolicy::Interval { interval_ms } = policy
@@ -194,6 +216,7 @@ impl Syncer {
         }
         let shared = Arc::new(Shared {
             db,
+            spacing,
             path,
             counters,
             state: Mutex::new(State::default()),
@@ -604,6 +627,7 @@ impl Shared {
     /// The group committer: fsync whatever arrived, as one batch, until shut
     /// down with nothing pending or poisoned.
     fn run_committer(&self) {
+        let mut last_start: Option<Instant> = None;
         loop {
             let target = {
                 let mut state = self.state.lock();
@@ -616,6 +640,16 @@ impl Shared {
                     // Shut down with nothing pending.
                     return;
                 }
+                // Space the fsyncs; what arrives meanwhile joins this one.
+                // Only shutdown wakes the wait early.
+                if let Some(earliest) = last_start.map(|start| start + self.spacing) {
+                    state.committer_spacing = true;
+                    while !state.shutdown && Instant::now() < earliest {
+                        self.written.wait_until(&mut state, earliest);
+                    }
+                    state.committer_spacing = false;
+                }
+                last_start = Some(Instant::now());
                 // Let appends already in flight join this batch, waiting
                 // at most about one fsync.
                 let gather = state.last_fsync.min(GATHER_WAIT_MAX);

@@ -42,14 +42,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fjall::{KeyspaceCreateOptions, Readable};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::aae::{self, IndexEntry, Placement, Trees};
 
-use crate::commit::{SyncPolicy, Syncer};
+use crate::commit::{DEFAULT_FSYNC_SPACING, SyncPolicy, Syncer};
 use crate::dvv::{Content, Dot, DvvError, Object, VersionVector};
 use crate::error::{StoreError, escape};
 use crate::identity::{self, DotCounter, Identity};
@@ -97,6 +97,11 @@ pub struct StoreConfig {
     /// shared with other programs. 0 turns the check off, and then a full
     /// disk poisons the store until restart.
     pub disk_reserve_bytes: u64,
+    /// With [`SyncPolicy::Always`], the least time between the starts of
+    /// two fsyncs ([`DEFAULT_FSYNC_SPACING`] by default): caps the fsyncs a
+    /// second, the writes in between share one. Zero starts each fsync as
+    /// soon as the previous one ended.
+    pub fsync_spacing: Duration,
 }
 
 impl StoreConfig {
@@ -109,6 +114,7 @@ impl StoreConfig {
             node_id: None,
             partition_count: DEFAULT_PARTITION_COUNT,
             disk_reserve_bytes: DEFAULT_DISK_RESERVE_BYTES,
+            fsync_spacing: DEFAULT_FSYNC_SPACING,
         }
     }
 }
@@ -289,6 +295,7 @@ impl Store {
             db.clone(),
             config.data_dir.clone(),
             config.sync,
+            config.fsync_spacing,
             counters.clone(),
         )?;
         let space = SpaceGuard::new(

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
+use std::time::Instant;
 
 use super::*;
 use crate::dvv::{ActorId, Metadata};
@@ -782,6 +783,90 @@ fn concurrent_writers_share_fsyncs() {
         "{fsyncs} fsyncs for {writes} concurrent writes: no group commit"
     );
     assert!(after.fsync_batch_max > 1);
+}
+
+/// The committer starts an fsync no sooner than the spacing after the
+/// previous one started; writes that arrive meanwhile share it, and a write
+/// after a quiet spell waits for nothing.
+#[test]
+fn fsyncs_are_spaced_and_shared_and_a_write_after_a_quiet_spell_is_not_delayed() {
+    const SPACING: Duration = Duration::from_secs(1);
+    const THREADS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(StoreConfig {
+            fsync_spacing: SPACING,
+            ..config(dir.path(), SyncPolicy::Always)
+        })
+        .unwrap(),
+    );
+    let put = |key: &str| {
+        let written = store
+            .put(
+                b"b",
+                key.as_bytes(),
+                &VersionVector::new(),
+                content("v"),
+                PUT,
+            )
+            .unwrap();
+        assert!(written.durable);
+    };
+    let started = Instant::now();
+    put("first");
+    // The first write's fsync started after `started`; the next may start
+    // only a spacing later.
+    put("second");
+    assert!(
+        started.elapsed() >= SPACING,
+        "two fsyncs {:?} apart, spacing {SPACING:?}",
+        started.elapsed()
+    );
+    // Writers arriving within one spacing share its fsyncs.
+    let before = store.stats();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let key = format!("k{t}");
+                let written = store
+                    .put(
+                        b"b",
+                        key.as_bytes(),
+                        &VersionVector::new(),
+                        content("v"),
+                        PUT,
+                    )
+                    .unwrap();
+                assert!(written.durable);
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(
+        after.fsync_writes_sum - before.fsync_writes_sum,
+        THREADS as u64
+    );
+    assert!(
+        after.fsyncs - before.fsyncs < THREADS as u64,
+        "{} fsyncs for {THREADS} writes within one spacing",
+        after.fsyncs - before.fsyncs
+    );
+    // After a quiet spell longer than the spacing, a write is fsynced at
+    // once (the bound is generous: one fsync, not a spacing).
+    std::thread::sleep(SPACING + Duration::from_millis(100));
+    let lone = Instant::now();
+    put("after a quiet spell");
+    assert!(
+        lone.elapsed() < SPACING / 2,
+        "a lone write waited {:?}",
+        lone.elapsed()
+    );
 }
 
 #[test]
