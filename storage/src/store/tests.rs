@@ -738,6 +738,40 @@ suite!(
 // Policy-specific and identity tests.
 // ---------------------------------------------------------------------------
 
+/// Puts a value under a new `key` and checks it came back durable.
+fn put_durably(store: &Store, key: &str) {
+    let written = store
+        .put(
+            b"b",
+            key.as_bytes(),
+            &VersionVector::new(),
+            content("v"),
+            PUT,
+        )
+        .unwrap();
+    assert!(written.durable);
+}
+
+/// `threads` writers, released together, each put `writes` new keys and
+/// see every put durable.
+fn put_concurrently(store: &Arc<Store>, threads: usize, writes: usize) {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..writes {
+                    put_durably(&store, &format!("k{t}-{i}"));
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
 #[test]
 fn concurrent_writers_share_fsyncs() {
     const THREADS: usize = 32;
@@ -749,31 +783,7 @@ fn concurrent_writers_share_fsyncs() {
         .put(b"b", b"warm", &VersionVector::new(), content("v"), PUT)
         .unwrap();
     let before = store.stats();
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..WRITES {
-                    let key = format!("k{t}-{i}");
-                    let written = store
-                        .put(
-                            b"b",
-                            key.as_bytes(),
-                            &VersionVector::new(),
-                            content("v"),
-                            PUT,
-                        )
-                        .unwrap();
-                    assert!(written.durable);
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    put_concurrently(&store, THREADS, WRITES);
     let after = store.stats();
     let writes = (THREADS * WRITES) as u64;
     let fsyncs = after.fsyncs - before.fsyncs;
@@ -800,18 +810,7 @@ fn fsyncs_are_spaced_and_shared_and_a_write_after_a_quiet_spell_is_not_delayed()
         })
         .unwrap(),
     );
-    let put = |key: &str| {
-        let written = store
-            .put(
-                b"b",
-                key.as_bytes(),
-                &VersionVector::new(),
-                content("v"),
-                PUT,
-            )
-            .unwrap();
-        assert!(written.durable);
-    };
+    let put = |key: &str| put_durably(&store, key);
     let started = Instant::now();
     put("first");
     // The first write's fsync started after `started`; the next may start
@@ -824,29 +823,7 @@ fn fsyncs_are_spaced_and_shared_and_a_write_after_a_quiet_spell_is_not_delayed()
     );
     // Writers arriving within one spacing share its fsyncs.
     let before = store.stats();
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let key = format!("k{t}");
-                let written = store
-                    .put(
-                        b"b",
-                        key.as_bytes(),
-                        &VersionVector::new(),
-                        content("v"),
-                        PUT,
-                    )
-                    .unwrap();
-                assert!(written.durable);
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    put_concurrently(&store, THREADS, 1);
     let after = store.stats();
     assert_eq!(
         after.fsync_writes_sum - before.fsync_writes_sum,
