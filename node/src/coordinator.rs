@@ -669,20 +669,9 @@ impl Coordinator {
 
     /// Carries out a batch of replica requests: each in order, writes
     /// without waiting, then one wait for the durability of all of them, so
-    /// the batch shares one fsync (blocking).
-    pub fn execute_batch(&self, requests: Vec<Request>) -> Response {
-        let staged = self.stage_batch(requests);
-        let durability = match staged.last_seq {
-            None => Ok(false),
-            Some(seq) => self.store.await_durable(seq),
-        };
-        self.finish_batch(staged, durability)
-    }
-
-    /// [`Coordinator::execute_batch`] without a thread blocked on the
-    /// fsync: the writes are applied on the applier thread (see
-    /// [`crate::applier`]), which is then free; the commit thread's fsync
-    /// wakes this task.
+    /// the batch shares one fsync. No thread is blocked on the fsync: the
+    /// writes are applied on the applier thread (see [`crate::applier`]),
+    /// which is then free; the commit thread's fsync wakes this task.
     pub async fn execute_batch_async(
         self: &Arc<Self>,
         requests: Vec<Request>,
@@ -863,33 +852,22 @@ impl Coordinator {
         }
     }
 
-    /// Carries out a replica request against the local store (blocking).
+    /// Carries out a replica request other than a write or a batch
+    /// against the local store (blocking). Writes and batches are served
+    /// by [`Coordinator::serve`] through the applier, which shares their
+    /// fsyncs; handed one here, it answers with an internal error.
     pub fn execute(&self, request: Request) -> Response {
-        let request = match self.stage_write(request) {
-            Staging::Write(deferred, apply) => {
-                let result = deferred.and_then(|deferred| {
-                    let durable = self.store.await_durable(deferred.seq)?;
-                    self.synced(
-                        storage::Written {
-                            durable,
-                            ..deferred.written
-                        },
-                        apply,
-                    )
-                });
-                return result.unwrap_or_else(|err| {
-                    let (kind, message) = store_error(err);
-                    Response::Error { kind, message }
-                });
-            }
-            Staging::Other(request) => request,
-        };
         let result = match request {
-            Request::Batch(requests) => return self.execute_batch(requests),
-            Request::Get { bucket, key } => self.store.get(&bucket, &key).map(Response::Object),
-            Request::Put { .. } | Request::Merge { .. } | Request::Hint { .. } => {
-                unreachable!("writes are staged above")
+            Request::Batch(_)
+            | Request::Put { .. }
+            | Request::Merge { .. }
+            | Request::Hint { .. } => {
+                return Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: "writes and batches are served through the applier".to_owned(),
+                };
             }
+            Request::Get { bucket, key } => self.store.get(&bucket, &key).map(Response::Object),
             Request::SetProps {
                 bucket,
                 props: Some(props),
@@ -988,15 +966,6 @@ impl Coordinator {
             let (kind, message) = store_error(err);
             Response::Error { kind, message }
         })
-    }
-
-    fn synced(&self, written: storage::Written, apply: Apply) -> Result<Response, StoreError> {
-        let mut durable = written.durable;
-        if apply.sync && !durable {
-            self.store.sync_all()?;
-            durable = true;
-        }
-        Ok(written_answer(written, durable))
     }
 
     /// Answers one replica RPC from the peer at `from` (`bytes` without
