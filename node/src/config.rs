@@ -80,11 +80,12 @@ pub struct RawConfig {
     /// With `sync = "interval"`: milliseconds between fsyncs.
     #[arg(long, env = "STARLING_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
-    /// With `sync = "always"`: the least time between the starts of two
-    /// fsyncs, in microseconds (default 1000, so at most 1,000 fsyncs a
-    /// second); writes that arrive in between share the next one. Spares a
-    /// disk that throttles flushes; 0 starts each fsync as soon as the
-    /// previous one ended.
+    /// With `sync = "always"`: the most time kept between the starts of
+    /// two fsyncs under load, in microseconds (default 1000). Below it the
+    /// spacing is four times the previous fsync's duration, so a fast disk
+    /// is not held back; writes that arrive in between share the next
+    /// fsync. Spares a disk that throttles flushes; 0 starts each fsync as
+    /// soon as the previous one ended.
     #[arg(long, env = "STARLING_FSYNC_SPACING_US")]
     pub fsync_spacing_us: Option<u64>,
     /// Largest object accepted, in bytes (Riak's default: 50 MiB).
@@ -312,7 +313,8 @@ pub struct Config {
     pub zone: String,
     /// Storage durability policy.
     pub sync: SyncPolicy,
-    /// With `SyncPolicy::Always`: least time between two fsyncs' starts.
+    /// With `SyncPolicy::Always`: the cap of the spacing between two
+    /// fsyncs' starts.
     pub fsync_spacing: Duration,
     /// Storage limits.
     pub limits: Limits,

@@ -22,15 +22,18 @@
 //!   the previous fsync's duration (at most [`GATHER_WAIT_MAX`]). A lone
 //!   writer has no one in flight behind it and pays no wait.
 //!
-//!   Fsyncs are also spaced: one starts no sooner than the spacing
-//!   ([`DEFAULT_FSYNC_SPACING`] unless configured) after the previous one
-//!   started, and the writes that arrive meanwhile join it. A writer that
-//!   comes after a quiet spell pays nothing; under load, fsyncs are capped
-//!   at one per spacing and groups grow instead. Disks, virtual ones most
+//!   Fsyncs are also spaced: one starts no sooner than
+//!   [`SPACING_FSYNCS`] times the previous fsync's duration, and at most
+//!   the configured spacing ([`DEFAULT_FSYNC_SPACING`] unless configured),
+//!   after the previous one started; the writes that arrive meanwhile join
+//!   it. A writer that comes after a quiet spell pays nothing; under load,
+//!   groups grow instead of fsyncs multiplying. Disks, virtual ones most
 //!   of all, throttle flushes: the development machine's disk stalls every
 //!   fsync for 10–20 ms, every 100 ms, once the machine issues more than a
 //!   few thousand a second, which an unspaced committer per node does
-//!   under load (see `docs/performance.md`).
+//!   under load (see `docs/performance.md`). Following the fsync's own
+//!   duration keeps a fast disk (an fsync in tens of microseconds) from
+//!   paying a spacing sized for a slow one.
 //! - `Interval`: a thread fsyncs every `interval_ms` if anything was written;
 //!   writes are handed to the OS before the store returns (so they survive
 //!   a crash of the process) and return at once, not yet durable.
@@ -83,10 +86,16 @@ use crate::stats::{Counters, bump};
 /// The longest the committer waits for in-flight appends to join a batch.
 pub const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
 
-/// The least time between the starts of two fsyncs with
-/// [`SyncPolicy::Always`], unless configured: at most 1,000 fsyncs a
-/// second per store.
+/// The most time kept between the starts of two fsyncs with
+/// [`SyncPolicy::Always`], unless configured: under load, at least 1,000
+/// fsyncs a second per store where the disk allows more.
 pub const DEFAULT_FSYNC_SPACING: Duration = Duration::from_millis(1);
+
+/// Under load, an fsync starts this many of the previous fsync's
+/// durations after the previous one started (at most the configured
+/// spacing): the disk is flushing for this store at most a quarter of the
+/// time, whatever its speed.
+pub const SPACING_FSYNCS: u32 = 4;
 
 /// When acknowledged writes are fsynced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,8 +177,12 @@ pub(crate) type DurableCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Sen
 
 struct Shared {
     db: fjall::Database,
-    /// The least time between the starts of two group fsyncs.
+    /// The most time kept between the starts of two group fsyncs (see
+    /// [`SPACING_FSYNCS`]).
     spacing: Duration,
+    /// How many of the previous fsync's durations the spacing is, before
+    /// the cap; [`SPACING_FSYNCS`] but for tests of the cap.
+    spacing_fsyncs: std::sync::atomic::AtomicU32,
     /// The data directory, for the log.
     path: std::path::PathBuf,
     counters: Arc<Counters>,
@@ -217,6 +230,7 @@ impl Syncer {
         let shared = Arc::new(Shared {
             db,
             spacing,
+            spacing_fsyncs: std::sync::atomic::AtomicU32::new(SPACING_FSYNCS),
             path,
             counters,
             state: Mutex::new(State::default()),
@@ -402,6 +416,13 @@ impl Syncer {
     #[cfg(test)]
     pub(crate) fn fail_next_fsync(&self) {
         self.shared.fail_next_fsync.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: the spacing is `n` times the previous fsync's duration
+    /// (before the cap) instead of [`SPACING_FSYNCS`].
+    #[cfg(test)]
+    pub(crate) fn set_spacing_fsyncs(&self, n: u32) {
+        self.shared.spacing_fsyncs.store(n, Ordering::Relaxed);
     }
 
     /// Test hook: makes the next journal append fail with ENOSPC, before
@@ -642,7 +663,11 @@ impl Shared {
                 }
                 // Space the fsyncs; what arrives meanwhile joins this one.
                 // Only shutdown wakes the wait early.
-                if let Some(earliest) = last_start.map(|start| start + self.spacing) {
+                let spacing = state
+                    .last_fsync
+                    .saturating_mul(self.spacing_fsyncs.load(Ordering::Relaxed))
+                    .min(self.spacing);
+                if let Some(earliest) = last_start.map(|start| start + spacing) {
                     state.committer_spacing = true;
                     while !state.shutdown && Instant::now() < earliest {
                         self.written.wait_until(&mut state, earliest);

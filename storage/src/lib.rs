@@ -42,7 +42,7 @@ pub mod space;
 pub mod stats;
 pub mod store;
 
-pub use commit::{DEFAULT_FSYNC_SPACING, SyncPolicy};
+pub use commit::{DEFAULT_FSYNC_SPACING, SPACING_FSYNCS, SyncPolicy};
 pub use context::{ContextError, ContextKey};
 pub use dvv::{ActorId, Content, Dot, DvvError, Link, Metadata, Object, Sibling, VersionVector};
 pub use error::{PoisonCause, StoreError};

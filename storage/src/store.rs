@@ -97,10 +97,11 @@ pub struct StoreConfig {
     /// shared with other programs. 0 turns the check off, and then a full
     /// disk poisons the store until restart.
     pub disk_reserve_bytes: u64,
-    /// With [`SyncPolicy::Always`], the least time between the starts of
-    /// two fsyncs ([`DEFAULT_FSYNC_SPACING`] by default): caps the fsyncs a
-    /// second, the writes in between share one. Zero starts each fsync as
-    /// soon as the previous one ended.
+    /// With [`SyncPolicy::Always`], the most time kept between the starts
+    /// of two fsyncs under load ([`DEFAULT_FSYNC_SPACING`] by default); the
+    /// spacing is [`crate::SPACING_FSYNCS`] times the previous fsync's
+    /// duration up to this cap, and the writes in between share one fsync.
+    /// Zero starts each fsync as soon as the previous one ended.
     pub fsync_spacing: Duration,
 }
 
@@ -1218,6 +1219,12 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn fail_next_fsync(&self) {
         self.syncer.fail_next_fsync();
+    }
+
+    /// Test hook: see `Syncer::set_spacing_fsyncs`.
+    #[cfg(test)]
+    pub(crate) fn set_spacing_fsyncs(&self, n: u32) {
+        self.syncer.set_spacing_fsyncs(n);
     }
 
     /// Test hook: the journal file the committer fsyncs.

@@ -810,6 +810,8 @@ fn fsyncs_are_spaced_and_shared_and_a_write_after_a_quiet_spell_is_not_delayed()
         })
         .unwrap(),
     );
+    // The cap alone spaces them, however fast this disk's fsyncs are.
+    store.set_spacing_fsyncs(u32::MAX);
     let put = |key: &str| put_durably(&store, key);
     let started = Instant::now();
     put("first");
@@ -843,6 +845,39 @@ fn fsyncs_are_spaced_and_shared_and_a_write_after_a_quiet_spell_is_not_delayed()
         lone.elapsed() < SPACING / 2,
         "a lone write waited {:?}",
         lone.elapsed()
+    );
+}
+
+/// Under the cap, the spacing follows the disk: an fsync starts
+/// `SPACING_FSYNCS` of the previous fsync's durations after it, so a fast
+/// disk does not wait out a cap sized for a slow one.
+#[test]
+fn the_fsync_spacing_follows_the_fsyncs_duration_under_its_cap() {
+    const CAP: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        fsync_spacing: CAP,
+        ..config(dir.path(), SyncPolicy::Always)
+    })
+    .unwrap();
+    // The first write also leases dots (an fsync of its own): measure after.
+    put_durably(&store, "warm-up");
+    let before = store.stats();
+    let started = Instant::now();
+    put_durably(&store, "first");
+    let after = store.stats();
+    assert_eq!(after.fsyncs - before.fsyncs, 1);
+    let first_fsync =
+        Duration::from_micros(after.fsync_latency_us_sum - before.fsync_latency_us_sum);
+    put_durably(&store, "second");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= first_fsync * crate::SPACING_FSYNCS,
+        "two fsyncs {elapsed:?} apart, the first took {first_fsync:?}"
+    );
+    assert!(
+        elapsed < CAP / 2,
+        "two fsyncs {elapsed:?} apart: the cap, not the fsync, spaced them"
     );
 }
 
