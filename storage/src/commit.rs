@@ -180,9 +180,6 @@ struct Shared {
     /// The most time kept between the starts of two group fsyncs (see
     /// [`SPACING_FSYNCS`]).
     spacing: Duration,
-    /// How many of the previous fsync's durations the spacing is, before
-    /// the cap; [`SPACING_FSYNCS`] but for tests of the cap.
-    spacing_fsyncs: std::sync::atomic::AtomicU32,
     /// The data directory, for the log.
     path: std::path::PathBuf,
     counters: Arc<Counters>,
@@ -200,6 +197,10 @@ struct Shared {
     /// Test hook: the next journal append fails with ENOSPC.
     #[cfg(test)]
     fail_next_append: std::sync::atomic::AtomicBool,
+    /// Test hook: the spacing's multiple of the previous fsync's duration
+    /// in place of [`SPACING_FSYNCS`], to test the cap alone.
+    #[cfg(test)]
+    spacing_fsyncs: std::sync::atomic::AtomicU32,
 }
 
 /// Makes writes durable according to the [`SyncPolicy`].
@@ -230,7 +231,6 @@ impl Syncer {
         let shared = Arc::new(Shared {
             db,
             spacing,
-            spacing_fsyncs: std::sync::atomic::AtomicU32::new(SPACING_FSYNCS),
             path,
             counters,
             state: Mutex::new(State::default()),
@@ -241,6 +241,8 @@ impl Syncer {
             fail_next_fsync: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             fail_next_append: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            spacing_fsyncs: std::sync::atomic::AtomicU32::new(SPACING_FSYNCS),
         });
         let thread = match policy {
             SyncPolicy::Always => {
@@ -663,10 +665,11 @@ impl Shared {
                 }
                 // Space the fsyncs; what arrives meanwhile joins this one.
                 // Only shutdown wakes the wait early.
-                let spacing = state
-                    .last_fsync
-                    .saturating_mul(self.spacing_fsyncs.load(Ordering::Relaxed))
-                    .min(self.spacing);
+                #[cfg(test)]
+                let fsyncs = self.spacing_fsyncs.load(Ordering::Relaxed);
+                #[cfg(not(test))]
+                let fsyncs = SPACING_FSYNCS;
+                let spacing = state.last_fsync.saturating_mul(fsyncs).min(self.spacing);
                 if let Some(earliest) = last_start.map(|start| start + spacing) {
                     state.committer_spacing = true;
                     while !state.shutdown && Instant::now() < earliest {
