@@ -11,10 +11,12 @@
 //! or, for a batch of reads, on the async worker that received it. The
 //! local replica takes no lane at all: its reads are served at once and
 //! its writes go to the applier thread one by one (`crate::applier`),
-//! where they share fsyncs all the same. A lane adds no delay: an idle
-//! lane sends the first request at once, and batches
-//! grow only while the previous one is in flight (one batch per lane at a
-//! time, sent by the lane's own task), the way group commit batches fsyncs.
+//! where they share fsyncs all the same. A lane adds no timer: an idle
+//! lane yields once to the scheduler, so the requests the worker's other
+//! ready tasks make in the same turn join the first one, and then sends;
+//! beyond that, batches grow only while the previous one is in flight (one
+//! batch per lane at a time, sent by the lane's own task), the way group
+//! commit batches fsyncs.
 //!
 //! Reads and writes use separate lanes so a read never waits for a write's
 //! fsync. Requests of other kinds are not batched.
@@ -107,6 +109,13 @@ impl Lanes {
 /// queues meanwhile becomes the next batch.
 async fn run(coordinator: Weak<Coordinator>, node: u128, mut rx: mpsc::Receiver<Queued>) {
     while let Some(first) = rx.recv().await {
+        // Let the worker finish the tasks it has ready first: requests
+        // they make in this turn (other client requests' fan-outs) join
+        // this batch instead of waiting for the next exchange. A turn,
+        // not a timer: an idle node sends at once all the same.
+        if rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
         let mut size = estimated_size(&first.request);
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX && size < BATCH_BYTES_MAX {
