@@ -260,13 +260,16 @@ impl NodeBackend {
         )
     }
 
-    /// Flushes the store to disk; called after the HTTP server drained.
+    /// Seals the store (its last fsync and the clean-shutdown mark); called
+    /// after the HTTP server drained.
     pub async fn close(&self) {
         let store = self.coordinator.store().clone();
-        match tokio::task::spawn_blocking(move || store.sync_all()).await {
+        match tokio::task::spawn_blocking(move || store.seal()).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => error!(%err, "final fsync failed"),
-            Err(err) => error!(%err, "final fsync panicked"),
+            Ok(Err(err)) => {
+                error!(%err, "closing the store failed; the next start takes a new epoch")
+            }
+            Err(err) => error!(%err, "closing the store panicked"),
         }
     }
 

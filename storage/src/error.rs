@@ -119,6 +119,10 @@ pub enum StoreError {
         /// What failed.
         cause: PoisonCause,
     },
+    /// The store is shutting down ([`crate::Store::seal`]): it mints no
+    /// more dots, so it takes no more puts (answer 503).
+    #[error("storage is shutting down and takes no new writes")]
+    Closed,
     /// The filesystem of the data directory has less space available than
     /// the reserve ([`crate::StoreConfig::disk_reserve_bytes`]), so the write
     /// was refused before anything was written. Nothing needs repair:

@@ -17,11 +17,32 @@
 //! directory, a bug), the counter jumps past it with an error in the log
 //! instead of reusing a dot, which would silently drop the write.
 //!
+//! A crash can also lose a write whose dot has already left: the minting
+//! replica replicates a write while its own fsync is still running, so
+//! after a crash the other replicas may hold a dot whose write this
+//! replica lost. Were the actor to go on, its next dot for that key would
+//! be above the lost one, and the object's version vector would then
+//! claim to cover it: merging the other replicas' copy would drop the
+//! write. So an epoch lasts only from one clean shutdown to the next (as
+//! Riak's vnodes take a new actor id after an unclean one). A clean
+//! shutdown writes a mark (`clean-shutdown`, holding the epoch) after its
+//! last fsync, once no more dots can be minted; opening removes the mark
+//! durably before anything is written. A store opened without the mark
+//! takes a new epoch, whose counters start at 1; the epoch is persisted
+//! with its first lease, in the same fsynced batch as the ceiling, so a
+//! crash before any dot of it left leaves nothing of it behind. What it
+//! costs: each unclean restart adds one actor to the version vectors of
+//! the keys this replica coordinates afterwards.
+//!
 //! This module decides when to lease; the store does the writing and fsync
 //! through the closure it passes to `DotCounter::mint`.
 //!
 //! Invariant: `next <= ceiling` and every counter handed out is `< ceiling`
-//! where `ceiling` was durable before the counter left this module.
+//! where `ceiling` was durable before the counter left this module; an
+//! epoch's dots are all durable on this replica before its clean-shutdown
+//! mark is written, and no dot of it is minted after.
+
+use std::path::Path;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -136,6 +157,45 @@ pub(crate) fn load_or_create(
             ),
         }),
     }
+}
+
+/// The name of the clean-shutdown mark in the data directory.
+pub(crate) const CLEAN_MARK: &str = "clean-shutdown";
+
+/// Whether the last shutdown of the store in `dir`, whose persisted epoch
+/// is `epoch`, was clean; removes the mark durably (so that a crash from
+/// now on is seen as one) before returning. A mark naming another epoch
+/// (a data directory restored from elsewhere) is no mark.
+pub(crate) fn take_clean_mark(dir: &Path, epoch: u64) -> Result<bool, StoreError> {
+    let path = dir.join(CLEAN_MARK);
+    let marked = match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16).ok() == Some(epoch),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err.into()),
+    };
+    std::fs::remove_file(&path)?;
+    sync_dir(dir)?;
+    Ok(marked)
+}
+
+/// Writes the clean-shutdown mark for `epoch` in `dir`, durably.
+pub(crate) fn write_clean_mark(dir: &Path, epoch: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let staging = dir.join(format!("{CLEAN_MARK}.new"));
+    let mut file = std::fs::File::create(&staging)?;
+    writeln!(file, "{epoch:x}")?;
+    file.sync_all()?;
+    std::fs::rename(&staging, dir.join(CLEAN_MARK))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A fresh epoch, for a new data directory or after an unclean shutdown.
+pub(crate) fn new_epoch() -> u64 {
+    nonzero_random()
 }
 
 fn nonzero_random() -> u64 {

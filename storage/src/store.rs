@@ -55,9 +55,9 @@ use crate::error::{StoreError, escape};
 use crate::identity::{self, DotCounter, Identity};
 use crate::layout::{
     self, KEYSPACE_HINTS, KEYSPACE_INDEX, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS,
-    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_INDEX_VERSION, META_PARTITION_COUNT, ObjectRecord,
-    bucket_prefix, decode_object, encode_object, object_is_deleted, object_key, prefix_successor,
-    split_object_key,
+    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_EPOCH, META_INDEX_VERSION, META_PARTITION_COUNT,
+    ObjectRecord, bucket_prefix, decode_object, encode_object, object_is_deleted, object_key,
+    prefix_successor, split_object_key,
 };
 use crate::limits::Limits;
 use crate::merkle::{self, KeyDigest, TreeId};
@@ -207,12 +207,27 @@ pub struct Store {
     hint_count: std::sync::atomic::AtomicU64,
     identity: Identity,
     counter: DotCounter,
+    /// Whether this run's epoch is persisted: false after an unclean
+    /// shutdown until the first lease writes the new epoch (see
+    /// [`crate::identity`]).
+    epoch_persisted: std::sync::atomic::AtomicBool,
+    /// Held shared by every put from its mint until its journal append;
+    /// `true` once sealed ([`Store::seal`]): no more dots are minted.
+    sealed: RwLock<bool>,
     limits: Limits,
     locks: Box<[Mutex<()>]>,
     counters: Arc<Counters>,
     /// Refuses writes while the disk is below the reserve.
     space: SpaceGuard,
     data_dir: PathBuf,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(err) = self.seal() {
+            tracing::error!(%err, "could not seal the store on close; the next open takes a new epoch");
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -304,13 +319,28 @@ impl Store {
             config.disk_reserve_bytes,
             counters.clone(),
         );
-        let identity = loaded.identity;
+        let mut identity = loaded.identity;
+        let mut dot_ceiling = loaded.dot_ceiling;
+        let clean = loaded.created || identity::take_clean_mark(&config.data_dir, identity.epoch)?;
+        if !clean {
+            let retired = identity.epoch;
+            identity.epoch = identity::new_epoch();
+            dot_ceiling = 1;
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                retired_epoch = format_args!("{retired:x}"),
+                epoch = format_args!("{:x}", identity.epoch),
+                "the last shutdown was not clean: this replica mints its dots under a new \
+                 epoch, so that none can cover a write the crash may have lost"
+            );
+        }
         tracing::info!(
             data_dir = %config.data_dir.display(),
             node_id = format_args!("{:016x}", identity.node_id),
             epoch = format_args!("{:x}", identity.epoch),
-            dot_ceiling = loaded.dot_ceiling,
+            dot_ceiling,
             created = loaded.created,
+            clean,
             sync = ?config.sync,
             disk_reserve_bytes = config.disk_reserve_bytes,
             disk_available_bytes = space.available_bytes(),
@@ -333,7 +363,9 @@ impl Store {
             index_exact: std::sync::atomic::AtomicUsize::new(0),
             hint_count: std::sync::atomic::AtomicU64::new(hint_count),
             identity,
-            counter: DotCounter::resume(identity.actor(), loaded.dot_ceiling),
+            counter: DotCounter::resume(identity.actor(), dot_ceiling),
+            epoch_persisted: std::sync::atomic::AtomicBool::new(clean),
+            sealed: RwLock::new(false),
             limits: config.limits,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             counters,
@@ -423,6 +455,11 @@ impl Store {
             .as_ref()
             .map(|(l, size)| (merkle::object_digest(l), *size, l.is_deleted()));
         let mut object = local.map(|(l, _)| l).unwrap_or_default();
+        // From the mint to the append: a seal waits for it to be journaled.
+        let sealed = self.sealed.read();
+        if *sealed {
+            return Err(StoreError::Closed);
+        }
         // A counter at or below what the object or the context already hold
         // for our actor would be a reused dot: mint above both.
         let actor = self.identity.actor();
@@ -451,6 +488,7 @@ impl Store {
         assert!(local_version.is_none_or(|v| object.version.descends(&v)));
         assert!(opts.resolve_by_time || object.siblings.iter().any(|s| s.dot == dot));
         let seq = self.write(bucket, key, &store_key, &object, previous, opts)?;
+        drop(sealed);
         drop(guard);
         bump(&self.counters.puts);
         Ok(Deferred {
@@ -988,10 +1026,39 @@ impl Store {
         self.syncer.sync_now()
     }
 
-    /// Shuts down cleanly: drains pending commits, stops the sync thread and
-    /// fsyncs. Dropping the store does the same but can only log a failure.
+    /// Shuts down cleanly: seals the store ([`Store::seal`]), drains
+    /// pending commits, stops the sync thread and fsyncs. Dropping the store
+    /// does the same but can only log a failure.
     pub fn close(self) -> Result<(), StoreError> {
+        self.seal()?;
         self.syncer.shutdown()
+    }
+
+    /// Ends this run's epoch cleanly: puts are refused from now on
+    /// ([`StoreError::Closed`]; merges, reads and everything else still
+    /// work), the puts already past their mint finish their appends,
+    /// everything is fsynced, and the clean-shutdown mark is written, so
+    /// that the next open keeps the epoch (see [`crate::identity`]).
+    /// Without the mark (a crash, or a failure here) the next open takes a
+    /// new one. Idempotent; blocking.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        {
+            let mut sealed = self.sealed.write();
+            if *sealed {
+                return Ok(());
+            }
+            *sealed = true;
+        }
+        self.syncer.sync_now()?;
+        self.syncer.check_writable()?;
+        // An epoch that minted nothing was never written: the next open
+        // must not resume the one before it.
+        if self.epoch_persisted.load(Ordering::Acquire) {
+            identity::write_clean_mark(&self.data_dir, self.identity.epoch)?;
+        }
+        tracing::info!(data_dir = %self.data_dir.display(), "store sealed");
+        Ok(())
     }
 
     /// Brings what the store knows of its disk up to date without waiting
@@ -1186,15 +1253,32 @@ impl Store {
         )
     }
 
-    /// Makes a new dot ceiling durable before any counter below it leaves.
+    /// Makes a new dot ceiling durable before any counter below it leaves,
+    /// in one batch with this run's epoch if that is new (see
+    /// [`crate::identity`]): the old epoch's ceiling is never overwritten
+    /// without the epoch that retires it.
     fn persist_ceiling(&self, ceiling: u64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         self.syncer.check_writable()?;
+        let new_epoch = !self.epoch_persisted.load(Ordering::Acquire);
         self.syncer.write_journal(|| {
-            self.meta
-                .insert(META_DOT_CEILING, layout::encode_u64(ceiling))
+            let mut batch = self.db.batch();
+            if new_epoch {
+                batch.insert(
+                    &self.meta,
+                    META_EPOCH,
+                    layout::encode_u64(self.identity.epoch),
+                );
+            }
+            batch.insert(&self.meta, META_DOT_CEILING, layout::encode_u64(ceiling));
+            batch.commit()
         })?;
         self.syncer.note_write();
-        self.syncer.sync_now()
+        self.syncer.sync_now()?;
+        if new_epoch {
+            self.epoch_persisted.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Admits a write that grows the store: refused once poisoned, or

@@ -1116,18 +1116,163 @@ fn store_and_iterators_can_cross_threads() {
     send_sync::<StoreError>();
 }
 
+/// Opens the store in `dir` as after a crash: a clean close, then its
+/// clean-shutdown mark removed, which is what a crash leaves behind.
+fn open_as_after_a_crash(dir: &Path) -> Store {
+    std::fs::remove_file(dir.join(identity::CLEAN_MARK)).unwrap();
+    open(dir, SyncPolicy::Always)
+}
+
+#[test]
+fn a_clean_close_keeps_the_epoch_and_a_crash_retires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let first = store.identity();
+    store
+        .put(b"b", b"k", &VersionVector::new(), content("a"), PUT)
+        .unwrap();
+    drop(store);
+    assert!(dir.path().join(identity::CLEAN_MARK).exists());
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert_eq!(store.identity(), first, "a clean close keeps the epoch");
+    assert!(
+        !dir.path().join(identity::CLEAN_MARK).exists(),
+        "an open store has no clean-shutdown mark"
+    );
+    store.close().unwrap();
+    // Without the mark, a new epoch whose counters start over.
+    let store = open_as_after_a_crash(dir.path());
+    let second = store.identity();
+    assert_eq!(second.node_id, first.node_id);
+    assert_ne!(second.epoch, first.epoch);
+    drop(store);
+    // It minted nothing, so it was never written: a clean close does not
+    // make the next open resume the crashed epoch, nor an unwritten one.
+    let store = open(dir.path(), SyncPolicy::Always);
+    let third = store.identity();
+    assert_ne!(third.epoch, first.epoch);
+    assert_ne!(third.epoch, second.epoch);
+    let dot = store
+        .put(b"b", b"k2", &VersionVector::new(), content("b"), PUT)
+        .unwrap()
+        .dot
+        .unwrap();
+    assert_eq!(dot.actor, third.actor());
+    assert_eq!(dot.counter, 1);
+    drop(store);
+    // Once it minted, it is persisted with its lease and survives a clean
+    // close; the first epoch's key is still there.
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert_eq!(store.identity(), third);
+    assert_eq!(
+        values(&store.get(b"b", b"k").unwrap().unwrap()),
+        set(&["a"])
+    );
+}
+
+/// Riak's kv679: a replica that minted a write and replicated it before
+/// its own fsync, then lost it in a crash, must not mint a later write of
+/// the same key with a dot that covers the lost one, or merging the other
+/// replicas' copy back would drop the lost write.
+#[test]
+fn a_write_lost_in_a_crash_survives_on_the_copies_of_other_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let first = store
+        .put(b"b", b"k", &VersionVector::new(), content("first"), PUT)
+        .unwrap()
+        .object;
+    drop(store);
+    // What the disk held when the crash came: the first write only.
+    for entry in walk(dir.path()) {
+        let to = image.path().join(entry.strip_prefix(dir.path()).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    // The second write's copy went out to the other replicas...
+    let store = open(dir.path(), SyncPolicy::Always);
+    let lost = store
+        .put(b"b", b"k", &first.version, content("lost here"), PUT)
+        .unwrap()
+        .object;
+    drop(store);
+    // ...and the replica came back from the crash without it.
+    let store = open_as_after_a_crash(image.path());
+    assert_eq!(
+        values(&store.get(b"b", b"k").unwrap().unwrap()),
+        set(&["first"])
+    );
+    let next = store
+        .put(b"b", b"k", &first.version, content("next"), PUT)
+        .unwrap()
+        .object;
+    assert!(
+        !next.version.descends(&lost.version),
+        "the write after the crash claims to have seen the lost one"
+    );
+    let merged = store.merge(b"b", b"k", &lost, REPAIR).unwrap().object;
+    assert_eq!(values(&merged), set(&["lost here", "next"]));
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn set(values: &[&str]) -> BTreeSet<String> {
+    values.iter().map(|v| (*v).to_owned()).collect()
+}
+
+#[test]
+fn a_sealed_store_mints_nothing_but_takes_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SyncPolicy::Always);
+    let identity = store.identity();
+    store
+        .put(b"b", b"k", &VersionVector::new(), content("a"), PUT)
+        .unwrap();
+    store.seal().unwrap();
+    store.seal().unwrap();
+    assert!(matches!(
+        store.put(b"b", b"k2", &VersionVector::new(), content("b"), PUT),
+        Err(StoreError::Closed)
+    ));
+    store
+        .merge(b"b", b"k3", &foreign_object(1, "c"), REPAIR)
+        .unwrap();
+    assert!(store.get(b"b", b"k").unwrap().is_some());
+    drop(store);
+    let store = open(dir.path(), SyncPolicy::Always);
+    assert_eq!(store.identity(), identity);
+    assert_eq!(
+        values(&store.get(b"b", b"k3").unwrap().unwrap()),
+        set(&["c"])
+    );
+}
+
 /// The environment variable that turns [`crash_child`] on.
 const CRASH_DIR_ENV: &str = "STARLING_STORE_CRASH_DIR";
 
 /// Kills a writer process with SIGKILL mid-stream, three times, and checks
 /// that no dot it reported was handed out again, by it or by the store
-/// reopened afterwards.
+/// reopened afterwards, and that every restart after a kill minted under a
+/// new epoch.
 #[test]
 fn dots_are_unique_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut seen: HashSet<(u64, u64, u64)> = HashSet::new();
-    let mut previous_max = 0;
+    let mut epochs: HashSet<u64> = HashSet::new();
     for round in 0..3 {
         let mut child = std::process::Command::new(&exe)
             .args([
@@ -1143,6 +1288,7 @@ fn dots_are_unique_across_sigkill() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut round_dots = Vec::new();
+        let mut round_epoch = None;
         // Enough writes to cross a lease boundary before the kill.
         let wanted = 1200 + round * 300;
         for line in BufReader::new(stdout).lines() {
@@ -1153,6 +1299,10 @@ fn dots_are_unique_across_sigkill() {
             let parts: Vec<u64> = rest.split(' ').map(|p| p.parse().unwrap()).collect();
             let dot = (parts[0], parts[1], parts[2]);
             assert!(seen.insert(dot), "dot {dot:?} handed out twice");
+            assert!(
+                *round_epoch.get_or_insert(dot.1) == dot.1,
+                "one epoch per run"
+            );
             round_dots.push(dot.2);
             if round_dots.len() == wanted {
                 break;
@@ -1162,11 +1312,17 @@ fn dots_are_unique_across_sigkill() {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(round_dots.len(), wanted, "the writer stopped early");
-        assert!(round_dots[0] > previous_max, "a restart reused counters");
-        previous_max = *round_dots.iter().max().unwrap();
+        assert!(
+            epochs.insert(round_epoch.unwrap()),
+            "a restart after SIGKILL kept the killed run's epoch"
+        );
     }
     let store = open(dir.path(), SyncPolicy::Always);
     let me = store.identity().actor();
+    assert!(
+        !epochs.contains(&me.epoch),
+        "the killed run's epoch resumed"
+    );
     for i in 0..10 {
         let key = format!("after{i}");
         let dot = store
@@ -1180,7 +1336,6 @@ fn dots_are_unique_across_sigkill() {
             .unwrap()
             .dot
             .unwrap();
-        assert!(dot.counter > previous_max);
         assert!(seen.insert((me.node, me.epoch, dot.counter)));
     }
 }
