@@ -200,6 +200,9 @@ pub struct Traffic {
 struct Reply {
     node: u128,
     primary: bool,
+    /// A replica's acknowledgement or copy; `false` for the minting
+    /// replica's durability, which comes after its acknowledgement.
+    ack: bool,
     result: Result<Response, String>,
 }
 
@@ -303,6 +306,7 @@ fn store_error(err: StoreError) -> (ErrorKind, String) {
         StoreError::ObjectTooLarge { .. } => ErrorKind::TooLarge,
         StoreError::TooManySiblings { .. } => ErrorKind::TooManySiblings,
         StoreError::Poisoned { .. }
+        | StoreError::Closed
         | StoreError::DiskFull { .. }
         | StoreError::HintStoreFull { .. } => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
@@ -717,6 +721,63 @@ impl Coordinator {
             return self.finish_batch(staged, durability);
         }
         self.finish_batch(staged, durability)
+    }
+
+    /// Mints a client's write on this node's replica: answers with the
+    /// stored object as soon as the write is applied and journaled, and
+    /// with a future of its durability, so that the copies travel while
+    /// the fsync runs instead of after it. A crash that loses the write
+    /// here after its copies left also ends this replica's epoch (see
+    /// storage's identity module), so no later dot of it can cover the
+    /// lost one and merging the copies back keeps the write.
+    async fn mint_here(
+        self: &Arc<Self>,
+        put: Request,
+        request_id: Option<RequestId>,
+    ) -> Result<(Response, BoxFuture<'static, Result<bool, String>>), String> {
+        let ids = request_id.map(|id| vec![Some(id)]).unwrap_or_default();
+        rpc::log_serving(None, &ids, &put);
+        let this = self.clone();
+        let staged = self.applier.run_with(move |answer| {
+            let staged = this.stage_batch(vec![put]);
+            let (durable, durability) = tokio::sync::oneshot::channel();
+            match staged.last_seq {
+                None => {
+                    let _ = durable.send(Ok(false));
+                }
+                Some(seq) => this.store.on_durable(seq, move |result| {
+                    let _ = durable.send(result);
+                }),
+            }
+            answer.send((staged, durability));
+        });
+        let (mut batch, durability) = staged
+            .await
+            .map_err(|err| format!("local replica task failed: {err}"))?;
+        let want_sync = batch.want_sync;
+        let response = match batch.staged.pop() {
+            Some(Staged::Write(written)) => written_answer(written, false),
+            Some(Staged::Done(response)) => response,
+            None => return Err("the local replica answered nothing".to_owned()),
+        };
+        rpc::log_failures(&ids, &response);
+        let this = self.clone();
+        let durability = async move {
+            match durability.await {
+                // A lazy sync policy, but the caller asked for durability.
+                Ok(Ok(false)) if want_sync => {
+                    match tokio::task::spawn_blocking(move || this.store.sync_all()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(err)) => Err(format!("the write could not be made durable: {err}")),
+                        Err(err) => Err(format!("the fsync task failed: {err}")),
+                    }
+                }
+                Ok(Ok(durable)) => Ok(durable),
+                Ok(Err(err)) => Err(format!("the write could not be made durable: {err}")),
+                Err(_) => Err("the store dropped the durability wait".to_owned()),
+            }
+        };
+        Ok((response, durability.boxed()))
     }
 
     /// Starts a replica write (`Put`, `Merge`, `Hint`) without waiting for
@@ -1237,6 +1298,7 @@ impl Coordinator {
                 Reply {
                     node,
                     primary,
+                    ack: true,
                     result,
                 }
             }) as BoxFuture<'static, Reply>);
@@ -1314,27 +1376,30 @@ impl Coordinator {
             resolve_by_time: props.resolves_by_time(),
             sync: dw > 0,
         };
-        // The minting replica always fsyncs before its copy travels: if it
-        // lost a write whose dot other replicas already hold, its next dot
-        // would appear to cover the lost one and merges would drop it.
-        let mint_apply = Apply {
-            sync: true,
-            ..apply
-        };
         let addr = view.members.get(&minter).map(|m| m.meta.addr);
         let put = Request::Put {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
             context: context.unwrap_or_default(),
             content,
-            apply: mint_apply,
+            apply,
         };
-        let minted = tokio::time::timeout_at(
-            deadline.into(),
-            self.call_batched(view.local, minter, addr, put, request_id, deadline),
-        )
+        // This node mints: its copies travel while its own fsync runs, and
+        // the write is answered once both are done (see `mint_here`). A
+        // remote minter answers after its fsync.
+        let minted = tokio::time::timeout_at(deadline.into(), async {
+            if minter == view.local {
+                self.mint_here(put, request_id)
+                    .await
+                    .map(|(response, durability)| (response, Some(durability)))
+            } else {
+                self.call_batched(view.local, minter, addr, put, request_id, deadline)
+                    .await
+                    .map(|response| (response, None))
+            }
+        })
         .await;
-        let (object, durable) = match minted {
+        let (object, durable, mint_durability) = match minted {
             Err(_) => return Err(BackendError::Timeout),
             // The replica call gave up at the same deadline: a timeout.
             Ok(Err(_)) if Instant::now() >= deadline => return Err(BackendError::Timeout),
@@ -1343,17 +1408,23 @@ impl Coordinator {
                     "the coordinating replica failed ({err}); the write's outcome is indeterminate"
                 )));
             }
-            Ok(Ok(Response::Written { object, durable })) => (object, durable),
-            Ok(Ok(Response::Error {
-                kind: ErrorKind::TooManySiblings,
-                message,
-            })) => {
+            Ok(Ok((Response::Written { object, durable }, pending))) => (object, durable, pending),
+            Ok(Ok((
+                Response::Error {
+                    kind: ErrorKind::TooManySiblings,
+                    message,
+                },
+                _,
+            ))) => {
                 return Err(too_many_siblings(&message));
             }
-            Ok(Ok(Response::Error {
-                kind: ErrorKind::Unavailable,
-                message,
-            })) => {
+            Ok(Ok((
+                Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                },
+                _,
+            ))) => {
                 // Say whose storage refused (a full disk, a poisoned store):
                 // in a cluster it need not be the node the client asked.
                 return Err(BackendError::Unavailable(format!(
@@ -1361,8 +1432,8 @@ impl Coordinator {
                     view.name(minter)
                 )));
             }
-            Ok(Ok(Response::Error { kind, message })) => return Err(refusal(kind, message)),
-            Ok(Ok(other)) => {
+            Ok(Ok((Response::Error { kind, message }, _))) => return Err(refusal(kind, message)),
+            Ok(Ok((other, _))) => {
                 return Err(BackendError::Internal(format!(
                     "unexpected reply to a write: {other:?}"
                 )));
@@ -1443,6 +1514,7 @@ impl Coordinator {
                 Reply {
                     node,
                     primary: owner.is_none(),
+                    ack: true,
                     result,
                 }
             }) as BoxFuture<'static, Reply>);
@@ -1450,6 +1522,22 @@ impl Coordinator {
         let mut pending = pending;
         let (mut acks, mut durable_acks, mut primary_acks) = (1u32, u32::from(durable), 1u32);
         let mut outstanding = pending.len() as u32;
+        // The minting replica's own durability, when it was not awaited
+        // before the copies went out: the write is answered only once it
+        // is in, whatever the quorums, as if the minter had waited.
+        let mut minting = mint_durability.is_some();
+        if let Some(durability) = mint_durability {
+            pending.push(Box::pin(async move {
+                Reply {
+                    node: minter,
+                    primary: true,
+                    ack: false,
+                    result: durability
+                        .await
+                        .map(|durable| Response::Applied { durable }),
+                }
+            }) as BoxFuture<'static, Reply>);
+        }
         let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
         // The first replica whose storage refused (disk full, poisoned):
         // named in a missed quorum, so the client learns why.
@@ -1462,7 +1550,7 @@ impl Coordinator {
             quorum_error(needed, replied, &what)
         };
         loop {
-            if acks >= w && durable_acks >= dw && primary_acks >= pw {
+            if !minting && acks >= w && durable_acks >= dw && primary_acks >= pw {
                 break;
             }
             if acks + outstanding < w {
@@ -1475,13 +1563,31 @@ impl Coordinator {
                 }
                 return Err(missed(w, acks, "w", &refused));
             }
-            if durable_acks + outstanding < dw {
+            if durable_acks + outstanding + u32::from(minting) < dw {
                 return Err(missed(dw, durable_acks, "dw", &refused));
             }
             if primary_acks + outstanding < pw {
                 return Err(missed(pw, primary_acks, "pw", &refused));
             }
             match next_reply(&mut pending, expiry.as_mut()).await {
+                Ok(Some(reply)) if !reply.ack => {
+                    minting = false;
+                    match reply.result {
+                        Ok(Response::Applied { durable }) => durable_acks += u32::from(durable),
+                        Ok(other) => {
+                            return Err(BackendError::Unavailable(format!(
+                                "the coordinating replica could not make the write durable \
+                                 ({other:?}); the write's outcome is indeterminate"
+                            )));
+                        }
+                        Err(err) => {
+                            return Err(BackendError::Unavailable(format!(
+                                "the coordinating replica could not make the write durable \
+                                 ({err}); the write's outcome is indeterminate"
+                            )));
+                        }
+                    }
+                }
                 Ok(Some(reply)) => {
                     outstanding -= 1;
                     match reply.result {
