@@ -12,9 +12,12 @@
 //! durable copy (minting the dot there keeps the dvv summary sound, see
 //! `storage::dvv`). The resulting object is then merged into the other
 //! primaries, or stored as hints on fallbacks for the ones that cannot be
-//! reached. The client is answered once W replicas acknowledged, DW of them
-//! durably and PW of them primaries; the rest of the replication goes on in
-//! the background. A write that cannot meet its quorum answers 503 with the
+//! reached. When this node mints, the copies leave while its own fsync
+//! runs (storage gives the replica a new epoch after a crash, so a dot it
+//! lost is never covered by a later one). The client is answered once W
+//! replicas acknowledged, DW of them durably and PW of them primaries, and
+//! the minter's own write is durable; the rest of the replication goes on
+//! in the background. A write that cannot meet its quorum answers 503 with the
 //! count: some replicas may hold it, so its outcome is indeterminate. If no
 //! primary is reachable at all, the write is refused before anything is
 //! written.
@@ -1622,6 +1625,9 @@ impl Coordinator {
                     }
                 }
                 Ok(None) => return Err(missed(w, acks, "w", &refused)),
+                // Timed out waiting for the minter's own fsync: as when the
+                // minter answers only after it (a remote one).
+                Err(_) if minting => return Err(BackendError::Timeout),
                 Err(_) => {
                     return Err(BackendError::QuorumNotMet {
                         needed: w,
