@@ -712,18 +712,22 @@ impl Coordinator {
         };
         if staged.want_sync && matches!(durability, Ok(false)) {
             // A lazy sync policy, but the caller asked for durability.
-            let this = self.clone();
-            let synced = tokio::task::spawn_blocking(move || this.store.sync_all()).await;
-            let durability = match synced {
-                Ok(Ok(())) => Ok(true),
-                Ok(Err(err)) => Err(err),
-                Err(err) => Err(StoreError::Io(std::io::Error::other(format!(
-                    "the fsync task failed: {err}"
-                )))),
-            };
+            let durability = self.sync_all_blocking().await.map(|()| true);
             return self.finish_batch(staged, durability);
         }
         self.finish_batch(staged, durability)
+    }
+
+    /// Fsyncs the store on a blocking thread: for a lazy sync policy when
+    /// the caller asked for durability.
+    async fn sync_all_blocking(self: &Arc<Self>) -> Result<(), StoreError> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.store.sync_all()).await {
+            Ok(synced) => synced,
+            Err(err) => Err(StoreError::Io(std::io::Error::other(format!(
+                "the fsync task failed: {err}"
+            )))),
+        }
     }
 
     /// Mints a client's write on this node's replica: answers with the
@@ -766,19 +770,13 @@ impl Coordinator {
         rpc::log_failures(&ids, &response);
         let this = self.clone();
         let durability = async move {
-            match durability.await {
+            let durable = match durability.await {
                 // A lazy sync policy, but the caller asked for durability.
-                Ok(Ok(false)) if want_sync => {
-                    match tokio::task::spawn_blocking(move || this.store.sync_all()).await {
-                        Ok(Ok(())) => Ok(true),
-                        Ok(Err(err)) => Err(format!("the write could not be made durable: {err}")),
-                        Err(err) => Err(format!("the fsync task failed: {err}")),
-                    }
-                }
-                Ok(Ok(durable)) => Ok(durable),
-                Ok(Err(err)) => Err(format!("the write could not be made durable: {err}")),
-                Err(_) => Err("the store dropped the durability wait".to_owned()),
-            }
+                Ok(Ok(false)) if want_sync => this.sync_all_blocking().await.map(|()| true),
+                Ok(durable) => durable,
+                Err(_) => return Err("the store dropped the durability wait".to_owned()),
+            };
+            durable.map_err(|err| format!("the write could not be made durable: {err}"))
         };
         Ok((response, durability.boxed()))
     }
@@ -1577,16 +1575,11 @@ impl Coordinator {
                     minting = false;
                     match reply.result {
                         Ok(Response::Applied { durable }) => durable_acks += u32::from(durable),
-                        Ok(other) => {
+                        failed => {
+                            let why = failed.err().unwrap_or_default();
                             return Err(BackendError::Unavailable(format!(
                                 "the coordinating replica could not make the write durable \
-                                 ({other:?}); the write's outcome is indeterminate"
-                            )));
-                        }
-                        Err(err) => {
-                            return Err(BackendError::Unavailable(format!(
-                                "the coordinating replica could not make the write durable \
-                                 ({err}); the write's outcome is indeterminate"
+                                 ({why}); the write's outcome is indeterminate"
                             )));
                         }
                     }
