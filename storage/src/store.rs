@@ -85,7 +85,7 @@ const L0_COMPACTION_THRESHOLD: u8 = 8;
 /// Options of the keyspaces every write goes to (objects, index).
 fn write_heavy_options() -> KeyspaceCreateOptions {
     let strategy = fjall::compaction::Leveled::default().with_l0_threshold(L0_COMPACTION_THRESHOLD);
-    KeyspaceCreateOptions::default().compaction_strategy(std::sync::Arc::new(strategy))
+    KeyspaceCreateOptions::default().compaction_strategy(Arc::new(strategy))
 }
 
 /// How to open a [`Store`].
