@@ -82,10 +82,31 @@ pub const LOCK_STRIPES: usize = 4096;
 /// created before keeps its own.
 const L0_COMPACTION_THRESHOLD: u8 = 8;
 
+/// The memtable size of the objects and index keyspaces is drawn from
+/// this range when a keyspace is created (fjall keeps it with the
+/// keyspace; fjall's default is the top of the range). Replicas of one
+/// cluster take the same writes, so with one fixed size every replica
+/// seals and flushes its memtables at the same moment, and nodes that
+/// share a machine (`starling dev`, several containers on one host)
+/// flush together: three flush threads at once on the cores, and every
+/// journal fsync waiting behind three tables' worth of writes. Riak's
+/// leveldb draws each vnode's write buffer from a range for the same
+/// reason. A store created before keeps its own size.
+const MEMTABLE_SIZE_BYTES: std::ops::RangeInclusive<u64> = (40 << 20)..=(64 << 20);
+
+/// A memtable size for a new write-heavy keyspace, from
+/// [`MEMTABLE_SIZE_BYTES`].
+fn draw_memtable_size() -> u64 {
+    use rand::Rng;
+    rand::rng().random_range(MEMTABLE_SIZE_BYTES)
+}
+
 /// Options of the keyspaces every write goes to (objects, index).
 fn write_heavy_options() -> KeyspaceCreateOptions {
     let strategy = fjall::compaction::Leveled::default().with_l0_threshold(L0_COMPACTION_THRESHOLD);
-    KeyspaceCreateOptions::default().compaction_strategy(Arc::new(strategy))
+    KeyspaceCreateOptions::default()
+        .compaction_strategy(Arc::new(strategy))
+        .max_memtable_size(draw_memtable_size())
 }
 
 /// How to open a [`Store`].

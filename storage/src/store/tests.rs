@@ -1560,3 +1560,11 @@ fn fsyncs_follow_the_journal_fjall_writes_across_a_rotation() {
     );
     store.close().unwrap();
 }
+
+#[test]
+fn write_heavy_keyspaces_draw_their_memtable_size_from_the_range() {
+    let sizes: BTreeSet<u64> = (0..64).map(|_| draw_memtable_size()).collect();
+    assert!(sizes.iter().all(|size| MEMTABLE_SIZE_BYTES.contains(size)));
+    // 64 draws from 24 MiB of sizes: replicas do not all get one size.
+    assert!(sizes.len() > 1, "every draw gave {sizes:?}");
+}
