@@ -8,6 +8,7 @@ BENCH=${BENCH:-$ROOT/target/release/bench}
 OUT=${OUT:-$ROOT/target/bench}
 mkdir -p "$OUT"
 PIDS=()
+DIRS=()
 
 # Stops every node this script started, gracefully, and waits for them.
 stop_all() {
@@ -15,6 +16,10 @@ stop_all() {
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     PIDS=()
+    # The clusters' data directories go with them: each run starts fresh.
+    local dir
+    for dir in "${DIRS[@]}"; do rm -rf "$dir"; done
+    DIRS=()
 }
 
 # Polls "$@" every 100 ms until it succeeds, at most $1 seconds.
@@ -33,6 +38,7 @@ wait_for() {
 # 127.0.0.1:8098-8100. Sets DEV_PID.
 start_dev() {
     local dir; dir=$(mktemp -d /tmp/starling-bench-dev.XXXXXX)
+    DIRS+=("$dir")
     "$STARLING" dev --dir "$dir" >"$OUT/dev.log" 2>&1 &
     DEV_PID=$!
     PIDS+=("$DEV_PID")
@@ -54,6 +60,7 @@ all_see_three() {
 # fresh directories, so one can be killed alone. Sets NODE_PIDS.
 start_three() {
     local dir; dir=$(mktemp -d /tmp/starling-bench-nodes.XXXXXX)
+    DIRS+=("$dir")
     local secret="bench-cluster-secret-0123456789"
     NODE_PIDS=()
     local i
