@@ -12,6 +12,39 @@ use node::config::{Config, RawConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (v3's `mi_option_e`; the test below
+/// checks the index against the option's default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc's purge delay for "never": freed memory stays in the process.
+const PURGE_NEVER: std::ffi::c_long = -1;
+
+/// Keeps freed memory in the process instead of returning it to the OS a
+/// second later (mimalloc's default), unless `MIMALLOC_PURGE_DELAY` says
+/// otherwise. A node's largest allocations are its memtables: each is freed
+/// when fjall has flushed it, while the next one fills with as much again.
+/// With the default the freed pages went back to the OS before they were
+/// reused, so under a sustained write load every memtable faulted its
+/// memory in afresh (the kernel zeroing each page on the write path) and
+/// the resident set fell and climbed with every flush. Kept, the pages are
+/// reused, and a store that has taken a few hundred thousand writes keeps
+/// more of its write throughput (change 29 in docs/performance.md).
+///
+/// The price: the resident set is the process's high-water mark, bounded
+/// by what the node can hold at once (its memtables, active and sealed,
+/// fjall's block cache, requests in flight); it does not shrink when the
+/// load stops. A finite delay brings the saw-tooth back: mimalloc returns
+/// a whole delay's worth of freed memory at once.
+#[allow(unsafe_code)]
+fn retain_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: `mi_option_set` takes an option index and a value, touches no
+    // memory of ours, and may be called at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_NEVER) };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "starling",
@@ -74,6 +107,7 @@ fn first_line(text: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    retain_freed_memory();
     let cli = Cli::parse();
     if let Command::Admin {
         node,
@@ -132,5 +166,25 @@ fn main() -> anyhow::Result<()> {
         Command::Admin { .. } | Command::HashPassword => {
             unreachable!("handled before the runtime starts")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option index is mimalloc v3's purge delay: its default is
+    /// 1,000 ms, and `retain_freed_memory` sets it to never (-1).
+    #[test]
+    #[allow(unsafe_code)]
+    fn retain_freed_memory_sets_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads an option; no memory of ours is touched.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(get(), 1_000, "not mimalloc v3's purge delay");
+        retain_freed_memory();
+        assert_eq!(get(), PURGE_NEVER);
     }
 }
