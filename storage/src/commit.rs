@@ -731,8 +731,9 @@ impl Shared {
 /// first (fjall fsyncs a journal it seals; this does not rely on it). A
 /// write is appended before the committer reads the sequence number that
 /// covers it, so it is in a file that existed by then: the one followed
-/// or an earlier one, fsynced when it was left. `Cargo.lock` pins fjall;
-/// `storage::store` tests check the naming against it, rotation included.
+/// or an earlier one, fsynced when it was left. fjall is vendored
+/// (vendor/README.md); `storage::store` tests check the naming against
+/// it, rotation included.
 #[derive(Debug)]
 struct JournalFile {
     id: u64,
@@ -768,12 +769,18 @@ impl JournalFile {
         }
     }
 
-    /// Follows rotations in `dir`, then fsyncs the newest journal.
+    /// Follows rotations in `dir`, then syncs the newest journal's data.
+    ///
+    /// `fdatasync` is enough: it also writes whatever metadata reading the
+    /// data back needs (blocks allocated, a new size), and skips only the
+    /// timestamps. With the journal's preallocation written ahead of its
+    /// end (vendor/README.md), an append's sync is then the data alone and
+    /// the cache flush, not a block-map write between them.
     fn sync(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
         while let Some(next) = JournalFile::open(dir, self.id + 1)? {
             self.file.sync_all()?;
             *self = next;
         }
-        self.file.sync_all()
+        self.file.sync_data()
     }
 }
