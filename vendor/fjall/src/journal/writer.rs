@@ -248,9 +248,13 @@ impl Writer {
         };
         self.end += bytes as u64;
         if let Some(ahead) = self.written_ahead {
-            let target = (self.end + WRITTEN_AHEAD_BYTES).min(PRE_ALLOCATED_BYTES);
+            // Whole chunks at chunk boundaries: whole pages, none written
+            // twice.
+            let chunk = ZERO_CHUNK_BYTES as u64;
+            let target =
+                ((self.end + WRITTEN_AHEAD_BYTES) / chunk * chunk).min(PRE_ALLOCATED_BYTES);
             let from = ahead.max(self.end);
-            self.written_ahead = if from + ZERO_CHUNK_BYTES as u64 <= target {
+            self.written_ahead = if from + chunk <= target {
                 write_zeros(self.file.get_ref(), from, target, &self.path)
             } else {
                 Some(from)
