@@ -1260,6 +1260,29 @@ fn a_sealed_store_mints_nothing_but_takes_copies() {
     );
 }
 
+/// Runs the ignored test `store::tests::<name>` of this binary as a child
+/// process, with `env` set to `dir`, and returns it with its stdout.
+fn spawn_child(
+    name: &str,
+    env: &str,
+    dir: &Path,
+) -> (std::process::Child, std::process::ChildStdout) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &format!("store::tests::{name}"),
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(env, dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, stdout)
+}
+
 /// The environment variable that turns [`crash_child`] on.
 const CRASH_DIR_ENV: &str = "STARLING_STORE_CRASH_DIR";
 
@@ -1270,23 +1293,10 @@ const CRASH_DIR_ENV: &str = "STARLING_STORE_CRASH_DIR";
 #[test]
 fn dots_are_unique_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut seen: HashSet<(u64, u64, u64)> = HashSet::new();
     let mut epochs: HashSet<u64> = HashSet::new();
     for round in 0..3 {
-        let mut child = std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "store::tests::crash_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CRASH_DIR_ENV, dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let (mut child, stdout) = spawn_child("crash_child", CRASH_DIR_ENV, dir.path());
         let mut round_dots = Vec::new();
         let mut round_epoch = None;
         // Enough writes to cross a lease boundary before the kill.
@@ -1606,20 +1616,7 @@ fn the_journal_is_written_ahead_of_its_end() {
 #[test]
 fn acknowledged_writes_survive_sigkill_with_the_journal_written_ahead() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(&exe)
-        .args([
-            "--exact",
-            "store::tests::journal_crash_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(JOURNAL_CRASH_DIR_ENV, dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (mut child, stdout) = spawn_child("journal_crash_child", JOURNAL_CRASH_DIR_ENV, dir.path());
     // 4,000 writes of ~1 KiB: about 4.5 MB of journal, past a dozen chunks.
     let wanted = 4_000u64;
     let mut acked = 0u64;
