@@ -1,51 +1,52 @@
-//! The store's anti-entropy state: the key index on disk and the Merkle
-//! trees in memory.
+//! The store's anti-entropy state: where each object is filed, and the
+//! Merkle trees in memory.
 //!
-//! # The index
+//! # Placement
 //!
-//! Keyspace `aae`, one record per stored object, written in the same atomic
-//! batch as the object itself:
+//! Every object is stored under its placed key (see [`crate::layout`]):
 //!
-//! `partition (u32 BE) ++ segment (u16 BE) ++ object key` →
-//! `format (u8 = 1) ++ n_val (u8) ++ digest (u64 BE) ++ record size (u32 BE)`.
+//! `partition (u32 BE) ++ segment (u16 BE) ++ name key`,
 //!
-//! Sorting by partition and segment makes "the keys of segment s" and "the
-//! keys of partition p" prefix scans, which is what exchanges and ownership
-//! transfer read; the digest lets a segment be listed without decoding a
-//! single object.
+//! and its stored value starts with its [`IndexEntry`] (the bucket's
+//! `n_val` and the object's digest) before the object record. Sorting by
+//! partition and segment makes "the keys of segment s" and "the keys of
+//! partition p" prefix scans of the objects themselves, which is what
+//! exchanges and ownership transfer read, and the entry lets a segment be
+//! listed without decoding a single object. There is no separate index to
+//! keep in step with the objects: each object carries its own entry, written
+//! in the same record.
 //!
 //! # The trees
 //!
-//! One [`Tree`] per [`TreeId`], in memory, built from the index at start-up
-//! (see [`Trees::begin_build`]) and updated by every write under the key's
-//! lock with the XOR of the key's old and new leaf. While a build runs, the
-//! trees are not [`Trees::ready`] and exchanges must wait.
+//! One [`Tree`] per [`TreeId`], in memory, built from the stored entries at
+//! start-up (see [`Trees::begin_build`]) and updated by every write under
+//! the key's lock with the XOR of the key's old and new leaf. While a build
+//! runs, the trees are not [`Trees::ready`] and exchanges must wait.
 //!
-//! Invariant: outside a build, the trees are exactly the fold of the index
-//! records; the index record of a key describes the object stored for it.
+//! Invariant: outside a build, the trees are exactly the fold of the stored
+//! entries.
 
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
 use crate::error::StoreError;
+use crate::layout::RecordName;
 use crate::merkle::{self, Tree, TreeId};
 
-/// Format version of index records.
-const INDEX_FORMAT: u8 = 1;
-/// Bytes of an index record.
-const INDEX_RECORD_SIZE_BYTES: usize = 14;
-/// Bytes of an index key before the object key.
-pub(crate) const INDEX_KEY_PREFIX_SIZE_BYTES: usize = 6;
+/// Bytes of an entry at the start of a stored value.
+pub(crate) const ENTRY_SIZE_BYTES: usize = 9;
+/// Bytes of a placed key before the name key.
+pub(crate) const PLACED_KEY_PREFIX_SIZE_BYTES: usize = 6;
 
-/// What the index says about one stored object.
+/// What the trees know of one stored object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexEntry {
-    /// The bucket's `n_val` when the object was indexed.
+    /// The bucket's `n_val` when the object was stored.
     pub(crate) n_val: u8,
     /// [`merkle::object_digest`] of the object.
     pub(crate) digest: u64,
-    /// Size of the object's stored record in bytes.
+    /// Size of the object record (after the entry) in bytes.
     pub(crate) size_bytes: u32,
 }
 
@@ -66,17 +67,17 @@ impl Placement {
     }
 }
 
-/// The index key of an object key.
-pub(crate) fn index_key(placement: Placement, store_key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INDEX_KEY_PREFIX_SIZE_BYTES + store_key.len());
+/// The placed key of a name key.
+pub(crate) fn placed_key(placement: Placement, name_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + name_key.len());
     out.extend_from_slice(&placement.partition.to_be_bytes());
     out.extend_from_slice(&placement.segment.to_be_bytes());
-    out.extend_from_slice(store_key);
+    out.extend_from_slice(name_key);
     out
 }
 
-/// The prefix of every index key of `partition` (and `segment`).
-pub(crate) fn index_prefix(partition: u32, segment: Option<u16>) -> Vec<u8> {
+/// The prefix of every placed key of `partition` (and `segment`).
+pub(crate) fn placed_prefix(partition: u32, segment: Option<u16>) -> Vec<u8> {
     let mut out = partition.to_be_bytes().to_vec();
     if let Some(segment) = segment {
         out.extend_from_slice(&segment.to_be_bytes());
@@ -84,10 +85,10 @@ pub(crate) fn index_prefix(partition: u32, segment: Option<u16>) -> Vec<u8> {
     out
 }
 
-/// Splits an index key into its placement and object key.
-pub(crate) fn split_index_key(index_key: &[u8]) -> Option<(Placement, &[u8])> {
-    let (partition, rest) = index_key.split_first_chunk::<4>()?;
-    let (segment, store_key) = rest.split_first_chunk::<2>()?;
+/// Splits a placed key into its placement and name key.
+pub(crate) fn split_placed_key(placed_key: &[u8]) -> Option<(Placement, &[u8])> {
+    let (partition, rest) = placed_key.split_first_chunk::<4>()?;
+    let (segment, name_key) = rest.split_first_chunk::<2>()?;
     let segment = u16::from_be_bytes(*segment);
     if usize::from(segment) >= merkle::SEGMENTS {
         return None;
@@ -97,41 +98,46 @@ pub(crate) fn split_index_key(index_key: &[u8]) -> Option<(Placement, &[u8])> {
             partition: u32::from_be_bytes(*partition),
             segment,
         },
-        store_key,
+        name_key,
     ))
 }
 
-pub(crate) fn encode_entry(entry: IndexEntry) -> [u8; INDEX_RECORD_SIZE_BYTES] {
-    let mut out = [0u8; INDEX_RECORD_SIZE_BYTES];
-    out[0] = INDEX_FORMAT;
-    out[1] = entry.n_val;
-    out[2..10].copy_from_slice(&entry.digest.to_be_bytes());
-    out[10..14].copy_from_slice(&entry.size_bytes.to_be_bytes());
-    out
+/// Writes the entry of an object (its `n_val` and digest) into the first
+/// [`ENTRY_SIZE_BYTES`] of a stored value.
+pub(crate) fn encode_entry(n_val: u8, digest: u64, out: &mut [u8]) {
+    out[0] = n_val;
+    out[1..ENTRY_SIZE_BYTES].copy_from_slice(&digest.to_be_bytes());
 }
 
-pub(crate) fn decode_entry(record: &[u8], bytes: &[u8]) -> Result<IndexEntry, StoreError> {
+/// Splits a stored value into its entry and the object record after it.
+/// `record` names the value in errors.
+pub(crate) fn decode_entry(
+    record: impl RecordName,
+    value: &[u8],
+) -> Result<(IndexEntry, &[u8]), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        record: format!("index {}", crate::error::escape(record)),
+        record: record.record_name(),
         reason,
     };
-    let bytes: &[u8; INDEX_RECORD_SIZE_BYTES] = bytes
-        .try_into()
-        .map_err(|_| corrupt(format!("expected 14 bytes, found {}", bytes.len())))?;
-    if bytes[0] != INDEX_FORMAT {
-        return Err(corrupt(format!("unknown index format {}", bytes[0])));
-    }
-    let n_val = bytes[1];
+    let Some((head, object_record)) = value.split_first_chunk::<ENTRY_SIZE_BYTES>() else {
+        return Err(corrupt(format!(
+            "stored value is only {} bytes",
+            value.len()
+        )));
+    };
+    let n_val = head[0];
     if n_val == 0 || u32::from(n_val) > crate::props::N_VAL_MAX {
         return Err(corrupt(format!("n_val {n_val} out of range")));
     }
-    let digest = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
-    let size_bytes = u32::from_be_bytes(bytes[10..14].try_into().expect("4 bytes"));
-    Ok(IndexEntry {
-        n_val,
-        digest,
-        size_bytes,
-    })
+    let digest = u64::from_be_bytes(head[1..].try_into().expect("8 bytes"));
+    Ok((
+        IndexEntry {
+            n_val,
+            digest,
+            size_bytes: u32::try_from(object_record.len()).unwrap_or(u32::MAX),
+        },
+        object_record,
+    ))
 }
 
 /// The in-memory trees of one store.
@@ -197,7 +203,7 @@ impl Trees {
         state.ready = false;
     }
 
-    /// Folds one index record of the build's snapshot in.
+    /// Folds one stored entry of the build's snapshot in.
     pub(crate) fn fold(&self, bucket: &[u8], key: &[u8], placement: Placement, entry: IndexEntry) {
         let mut state = self.state.lock();
         let id = TreeId {
@@ -244,27 +250,31 @@ mod tests {
 
     #[test]
     fn entries_and_keys_round_trip_and_bad_ones_are_corrupt() {
-        let entry = IndexEntry {
-            n_val: 3,
-            digest: 0xdead_beef,
-            size_bytes: 77,
-        };
-        assert_eq!(decode_entry(b"k", &encode_entry(entry)).unwrap(), entry);
-        let mut bad = encode_entry(entry);
-        bad[1] = 0;
-        assert!(decode_entry(b"k", &bad).is_err());
-        bad = encode_entry(entry);
-        bad[0] = 2;
-        assert!(decode_entry(b"k", &bad).is_err());
-        assert!(decode_entry(b"k", &[1, 3]).is_err());
+        let name = "k";
+        let mut value = vec![0u8; ENTRY_SIZE_BYTES];
+        encode_entry(3, 0xdead_beef, &mut value);
+        value.extend_from_slice(b"record");
+        let (entry, record) = decode_entry(name, &value).unwrap();
+        assert_eq!(
+            entry,
+            IndexEntry {
+                n_val: 3,
+                digest: 0xdead_beef,
+                size_bytes: 6,
+            }
+        );
+        assert_eq!(record, b"record");
+        value[0] = 0;
+        assert!(decode_entry(name, &value).is_err());
+        assert!(decode_entry(name, &[1, 3]).is_err());
         let placement = Placement {
             partition: 7,
             segment: 1023,
         };
-        let key = index_key(placement, b"\0\x01bk");
-        assert_eq!(split_index_key(&key), Some((placement, &b"\0\x01bk"[..])));
-        assert!(key.starts_with(&index_prefix(7, Some(1023))));
-        assert_eq!(split_index_key(&[0, 0, 0, 1, 0xff, 0xff, 1]), None);
-        assert_eq!(split_index_key(&[0, 0]), None);
+        let key = placed_key(placement, b"\0\x01bk");
+        assert_eq!(split_placed_key(&key), Some((placement, &b"\0\x01bk"[..])));
+        assert!(key.starts_with(&placed_prefix(7, Some(1023))));
+        assert_eq!(split_placed_key(&[0, 0, 0, 1, 0xff, 0xff, 1]), None);
+        assert_eq!(split_placed_key(&[0, 0]), None);
     }
 }

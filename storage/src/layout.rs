@@ -2,26 +2,42 @@
 //!
 //! # Keyspaces
 //!
-//! - `objects`: one record per (bucket, key).
+//! - `placed`: one record per (bucket, key), filed by its anti-entropy
+//!   placement (the private `aae` module).
 //! - `props`: one record per bucket with non-default properties.
-//! - `meta`: the node's identity, the dot counter's ceiling, the partition
-//!   count and the index marker.
+//! - `meta`: the node's identity, the dot counter's ceiling and the
+//!   partition count.
 //! - `hints`: copies kept for unreachable primaries.
-//! - `aae`: the anti-entropy index, one record per object (see
-//!   [`crate::aae`]), written in the same batch as the object.
 //! - `tombstones`: the keys whose objects are all tombstones, with the time
 //!   of the newest one, for the reaper.
 //!
-//! # Object keys
+//! Directories written before 2026-12-07 hold their objects in `objects`
+//! (keyed by name key, the object record as the value) and a separate
+//! anti-entropy index in `aae`; opening one moves every object into
+//! `placed` and drops both (see `Store::open`).
+//!
+//! # Name keys
 //!
 //! `u16 big-endian length of bucket ++ bucket ++ key`. The length prefix makes
 //! the encoding injective (bucket `a` + key `bc` differs from bucket `ab` +
-//! key `c`) and makes all keys of one bucket a contiguous, prefix-addressable
-//! range, so listing a bucket is a prefix scan and listing buckets can skip
-//! from one bucket's range to the next. Buckets sort by (length, bytes), keys
-//! within a bucket by bytes.
+//! key `c`). Hints and tombstone records are keyed by it.
 //!
-//! # Object values
+//! # Placed keys
+//!
+//! `partition (u32 BE) ++ segment (u16 BE) ++ name key`, where partition and
+//! segment come from the key's hash and the store's fixed partition count.
+//! A point read computes them first (one hash); an exchange lists a segment
+//! and a hand-off a partition with a prefix scan. A bucket's keys are spread
+//! over the whole keyspace, so listing a bucket or the buckets is a full
+//! scan, as in Riak.
+//!
+//! # Placed values
+//!
+//! `n_val (u8) ++ digest (u64 BE) ++ object record`: the entry the trees
+//! fold (`aae::decode_entry`), then the object record, which is
+//! also what a replica sends its peers.
+//!
+//! # Object records
 //!
 //! `format version (u8 = 1) ++ flags (u8) ++ postcard(Object)`. Flag bit 0 says
 //! every sibling is a tombstone, so listings can hide deleted keys without
@@ -57,8 +73,12 @@ const FLAG_DELETED: u8 = 0b0000_0001;
 /// Bytes before the postcard body of an object record.
 pub(crate) const OBJECT_HEADER_SIZE_BYTES: usize = 2;
 
-/// Keyspace of object records.
-pub(crate) const KEYSPACE_OBJECTS: &str = "objects";
+/// Keyspace of placed object records.
+pub(crate) const KEYSPACE_PLACED: &str = "placed";
+/// Keyspace of object records by name key, before placed records.
+pub(crate) const KEYSPACE_LEGACY_OBJECTS: &str = "objects";
+/// Keyspace of the anti-entropy index, before placed records.
+pub(crate) const KEYSPACE_LEGACY_INDEX: &str = "aae";
 /// Keyspace of bucket properties.
 pub(crate) const KEYSPACE_PROPS: &str = "props";
 /// Keyspace of identity and counter records.
@@ -66,8 +86,6 @@ pub(crate) const KEYSPACE_META: &str = "meta";
 /// Keyspace of hints: copies kept for unreachable primaries, keyed by
 /// `owner (16 bytes, big-endian) ++ object key`.
 pub(crate) const KEYSPACE_HINTS: &str = "hints";
-/// Keyspace of the anti-entropy index (see [`crate::aae`]).
-pub(crate) const KEYSPACE_INDEX: &str = "aae";
 /// Keyspace of tombstone-only objects awaiting reaping: object key →
 /// `u64` BE microseconds of the newest tombstone.
 pub(crate) const KEYSPACE_TOMBSTONES: &str = "tombstones";
@@ -78,18 +96,26 @@ pub(crate) const META_NODE_ID: &str = "node_id";
 pub(crate) const META_EPOCH: &str = "epoch";
 /// Meta record: no counter at or above this value was handed out.
 pub(crate) const META_DOT_CEILING: &str = "dot_ceiling";
-/// Meta record: the partition count the index was built with.
+/// Meta record: the partition count the placed keys were computed with.
 pub(crate) const META_PARTITION_COUNT: &str = "partition_count";
-/// Meta record: the index describes every object (version 1).
-pub(crate) const META_INDEX_VERSION: &str = "index_version";
 
-/// The store key of `bucket`/`key`. The caller has checked the limits, which
-/// keep the bucket within `u16` and the whole key within fjall's limit.
+/// The name key of `bucket`/`key`. The caller has checked the limits, which
+/// keep the bucket within `u16` and the whole key (placed too) within
+/// fjall's limit.
 pub(crate) fn object_key(bucket: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut out = bucket_prefix(bucket);
+    let mut out = Vec::with_capacity(2 + bucket.len() + key.len());
+    extend_object_key(&mut out, bucket, key);
+    out
+}
+
+/// Appends the name key of `bucket`/`key` to `out` (a placed key's
+/// prefix, a hint's owner).
+pub(crate) fn extend_object_key(out: &mut Vec<u8>, bucket: &[u8], key: &[u8]) {
+    let length = u16::try_from(bucket.len()).expect("bucket length checked against the limits");
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(bucket);
     out.extend_from_slice(key);
     assert!(out.len() <= STORE_KEY_SIZE_BYTES_MAX, "limits not checked");
-    out
 }
 
 /// The prefix shared by every store key of `bucket`.
@@ -101,9 +127,9 @@ pub(crate) fn bucket_prefix(bucket: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a store key back into (bucket, key); `None` if it is malformed.
-pub(crate) fn split_object_key(store_key: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (length, rest) = store_key.split_first_chunk::<2>()?;
+/// Splits a name key back into (bucket, key); `None` if it is malformed.
+pub(crate) fn split_object_key(name_key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (length, rest) = name_key.split_first_chunk::<2>()?;
     let length = usize::from(u16::from_be_bytes(*length));
     if rest.len() <= length || length == 0 {
         // Empty buckets and empty keys are never written.
@@ -165,6 +191,37 @@ pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
         Some(object)
     );
     out
+}
+
+/// Encodes the placed value of an object: its entry (`n_val` and
+/// [`crate::merkle::object_digest`]) and its object record, in one buffer.
+/// Returns the value and the entry.
+pub(crate) fn encode_placed(object: &Object, n_val: u8) -> (Vec<u8>, crate::aae::IndexEntry) {
+    use crate::aae::{ENTRY_SIZE_BYTES, IndexEntry, encode_entry};
+    assert!(
+        object.is_well_formed(),
+        "refusing to store a malformed object: {object:?}"
+    );
+    let flags = if object.is_deleted() { FLAG_DELETED } else { 0 };
+    let mut out = vec![0u8; ENTRY_SIZE_BYTES];
+    out.push(OBJECT_FORMAT);
+    out.push(flags);
+    let mut out =
+        postcard::to_extend(object, out).expect("encoding an object into memory cannot fail");
+    let digest = crate::merkle::object_digest(object);
+    encode_entry(n_val, digest, &mut out);
+    debug_assert_eq!(
+        decode_object("just encoded", &out[ENTRY_SIZE_BYTES..])
+            .ok()
+            .as_ref(),
+        Some(object)
+    );
+    let entry = IndexEntry {
+        n_val,
+        digest,
+        size_bytes: u32::try_from(out.len() - ENTRY_SIZE_BYTES).unwrap_or(u32::MAX),
+    };
+    (out, entry)
 }
 
 /// Whether an object record's header says it is all tombstones, checking only

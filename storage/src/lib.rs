@@ -23,7 +23,8 @@
 //! - [`identity`]: the node's [`Identity`] and the leased dot counter.
 //! - [`limits`]: [`Limits`] and their checks.
 //! - [`merkle`]: Merkle (tictac) trees, key hashing and digests for
-//!   anti-entropy; the store keeps them current (`aae` holds the index).
+//!   anti-entropy; the store keeps them current (`aae`: placed keys and
+//!   the entry each object carries).
 //! - [`stats`]: the [`StoreStats`] counters.
 //! - [`error`]: the one error type, [`StoreError`].
 //! - [`layout`]: key layout and record encodings on disk.

@@ -74,12 +74,14 @@ impl Limits {
                 self.bucket_size_bytes_max
             ));
         }
-        let key_size_bytes_max = 2u64
+        // The longest store key is a hint's: owner (16) ++ name key (2 +
+        // bucket + key); a placed key adds 6 bytes to the name key.
+        let key_size_bytes_max = 18u64
             .saturating_add(self.bucket_size_bytes_max)
             .saturating_add(self.key_size_bytes_max);
         if key_size_bytes_max > STORE_KEY_SIZE_BYTES_MAX as u64 {
             return bad(format!(
-                "bucket_size_bytes_max + key_size_bytes_max + 2 must be at most {STORE_KEY_SIZE_BYTES_MAX}, got {key_size_bytes_max}"
+                "bucket_size_bytes_max + key_size_bytes_max + 18 must be at most {STORE_KEY_SIZE_BYTES_MAX}, got {key_size_bytes_max}"
             ));
         }
         if self.object_size_bytes_warn > self.object_size_bytes_max {

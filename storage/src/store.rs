@@ -39,7 +39,7 @@
 //! a power loss at that moment would undo, together with everything journaled
 //! after it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,17 +47,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fjall::{KeyspaceCreateOptions, Readable};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use crate::aae::{self, IndexEntry, Placement, Trees};
+use crate::aae::{self, IndexEntry, PLACED_KEY_PREFIX_SIZE_BYTES, Placement, Trees};
 
 use crate::commit::{DEFAULT_FSYNC_SPACING, SyncPolicy, Syncer};
 use crate::dvv::{Content, Dot, DvvError, Object, VersionVector};
 use crate::error::{StoreError, escape};
 use crate::identity::{self, DotCounter, Identity};
 use crate::layout::{
-    self, KEYSPACE_HINTS, KEYSPACE_INDEX, KEYSPACE_META, KEYSPACE_OBJECTS, KEYSPACE_PROPS,
-    KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_EPOCH, META_INDEX_VERSION, META_PARTITION_COUNT,
-    ObjectRecord, bucket_prefix, decode_object, encode_object, object_is_deleted, object_key,
-    prefix_successor, split_object_key,
+    self, KEYSPACE_HINTS, KEYSPACE_LEGACY_INDEX, KEYSPACE_LEGACY_OBJECTS, KEYSPACE_META,
+    KEYSPACE_PLACED, KEYSPACE_PROPS, KEYSPACE_TOMBSTONES, META_DOT_CEILING, META_EPOCH,
+    META_PARTITION_COUNT, ObjectRecord, bucket_prefix, decode_object, encode_object,
+    object_is_deleted, object_key, split_object_key,
 };
 use crate::limits::Limits;
 use crate::merkle::{self, KeyDigest, TreeId};
@@ -69,9 +69,9 @@ use crate::stats::{Counters, StoreStats, bump};
 /// 1/4096, which only serialises them; it never affects correctness.
 pub const LOCK_STRIPES: usize = 4096;
 
-/// Tables in level 0 of the objects and index keyspaces before they are
-/// compacted into level 1 (fjall's default is 4). Every write lands in
-/// both keyspaces and keys are spread uniformly, so each level-0 table
+/// Tables in level 0 of the placed keyspace before they are compacted
+/// into level 1 (fjall's default is 4). Every write lands in it and
+/// placed keys are spread uniformly, so each level-0 table
 /// spans the whole key range and every level-0 compaction rewrites all
 /// of level 1: waiting for twice as many tables halves that rewriting.
 /// Measured on the dev cluster (three 20 s write runs back to back on
@@ -82,7 +82,7 @@ pub const LOCK_STRIPES: usize = 4096;
 /// created before keeps its own.
 const L0_COMPACTION_THRESHOLD: u8 = 8;
 
-/// The memtable size of the objects and index keyspaces is drawn from
+/// The memtable size of the placed keyspace is drawn from
 /// this range when a keyspace is created (fjall keeps it with the
 /// keyspace; fjall's default is the top of the range). Replicas of one
 /// cluster take the same writes, so with one fixed size every replica
@@ -101,7 +101,7 @@ fn draw_memtable_size() -> u64 {
     rand::rng().random_range(MEMTABLE_SIZE_BYTES)
 }
 
-/// Options of the keyspaces every write goes to (objects, index).
+/// Options of the keyspace every write goes to (placed objects).
 fn write_heavy_options() -> KeyspaceCreateOptions {
     let strategy = fjall::compaction::Leveled::default().with_l0_threshold(L0_COMPACTION_THRESHOLD);
     KeyspaceCreateOptions::default()
@@ -220,11 +220,11 @@ pub struct Store {
     // before the keyspaces go away.
     syncer: Syncer,
     db: fjall::Database,
+    /// Placed object records (see [`crate::layout`]).
     objects: fjall::Keyspace,
     props: fjall::Keyspace,
     meta: fjall::Keyspace,
     hints: fjall::Keyspace,
-    index: fjall::Keyspace,
     tombstones: fjall::Keyspace,
     /// The anti-entropy trees, in memory.
     trees: Trees,
@@ -234,15 +234,9 @@ pub struct Store {
     /// the defaults), kept in memory: every request reads them. `None`: the
     /// stored record is corrupt.
     props_cache: RwLock<HashMap<Vec<u8>, Option<BucketProps>>>,
-    /// Buckets whose `n_val` changed and whose index records must move to
-    /// other trees ([`Store::maintain`]).
+    /// Buckets whose `n_val` changed and whose records must move to other
+    /// trees ([`Store::maintain`]).
     reindex: Mutex<Vec<Vec<u8>>>,
-    /// The index may not describe every object (a data directory from
-    /// before the index, or a crash in an old version): verify it.
-    index_unverified: std::sync::atomic::AtomicBool,
-    /// Reasons (an `n_val` change being moved, a verify running) why
-    /// writes must read index records instead of deriving them.
-    index_exact: std::sync::atomic::AtomicUsize,
     /// Hints stored, kept in memory so the bound is checked without a scan.
     hint_count: std::sync::atomic::AtomicU64,
     identity: Identity,
@@ -296,15 +290,22 @@ impl Store {
         }
         std::fs::create_dir_all(&config.data_dir)?;
         let db = fjall::Database::builder(&config.data_dir).open()?;
-        let objects = db.keyspace(KEYSPACE_OBJECTS, write_heavy_options)?;
+        let objects = db.keyspace(KEYSPACE_PLACED, write_heavy_options)?;
         let props = db.keyspace(KEYSPACE_PROPS, KeyspaceCreateOptions::default)?;
         let meta = db.keyspace(KEYSPACE_META, KeyspaceCreateOptions::default)?;
         let hints = db.keyspace(KEYSPACE_HINTS, KeyspaceCreateOptions::default)?;
-        let index = db.keyspace(KEYSPACE_INDEX, write_heavy_options)?;
         let tombstones = db.keyspace(KEYSPACE_TOMBSTONES, KeyspaceCreateOptions::default)?;
         let hint_count = hints.iter().count() as u64;
+        let legacy_objects = db
+            .keyspace_exists(KEYSPACE_LEGACY_OBJECTS)
+            .then(|| db.keyspace(KEYSPACE_LEGACY_OBJECTS, KeyspaceCreateOptions::default))
+            .transpose()?;
         let loaded = identity::load_or_create(&db, &meta, config.node_id)?;
-        if loaded.created && !objects.is_empty()? {
+        let legacy_is_empty = match &legacy_objects {
+            Some(legacy) => legacy.is_empty()?,
+            None => true,
+        };
+        if loaded.created && !(objects.is_empty()? && legacy_is_empty) {
             return Err(StoreError::Corrupt {
                 record: "meta".into(),
                 reason: "objects are stored but the identity is missing".into(),
@@ -325,15 +326,6 @@ impl Store {
                 layout::encode_u64(u64::from(partition_count)),
             )?,
         }
-        // A directory without the index marker may hold objects the index
-        // does not describe; an empty one is trivially complete.
-        // Written only when missing: opening an existing store writes
-        // nothing of ours, so a node on a full disk can still start.
-        let index_marked = meta.get(META_INDEX_VERSION)?.is_some();
-        let index_unverified = !index_marked && !objects.is_empty()?;
-        if !index_marked && !index_unverified {
-            meta.insert(META_INDEX_VERSION, layout::encode_u64(1))?;
-        }
         let mut props_cache = HashMap::new();
         for guard in props.iter() {
             let (bucket, bytes) = guard.into_inner()?;
@@ -345,6 +337,23 @@ impl Store {
                 }
             };
             props_cache.insert(bucket.to_vec(), props);
+        }
+        let partition_bits = partition_count.trailing_zeros();
+        if let Some(legacy) = legacy_objects {
+            migrate_legacy_objects(
+                &db,
+                legacy,
+                &objects,
+                &tombstones,
+                &props_cache,
+                partition_bits,
+            )?;
+        }
+        if db.keyspace_exists(KEYSPACE_LEGACY_INDEX) {
+            // Each object carries its own entry now.
+            db.delete_keyspace(
+                db.keyspace(KEYSPACE_LEGACY_INDEX, KeyspaceCreateOptions::default)?,
+            )?;
         }
         let counters = Arc::new(Counters::default());
         let syncer = Syncer::start(
@@ -393,14 +402,11 @@ impl Store {
             props,
             meta,
             hints,
-            index,
             tombstones,
             trees: Trees::default(),
-            partition_bits: partition_count.trailing_zeros(),
+            partition_bits,
             props_cache: RwLock::new(props_cache),
             reindex: Mutex::new(Vec::new()),
-            index_unverified: std::sync::atomic::AtomicBool::new(index_unverified),
-            index_exact: std::sync::atomic::AtomicUsize::new(0),
             hint_count: std::sync::atomic::AtomicU64::new(hint_count),
             identity,
             counter: DotCounter::resume(identity.actor(), dot_ceiling),
@@ -435,7 +441,7 @@ impl Store {
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Object>, StoreError> {
         self.limits.check_key(bucket, key)?;
         bump(&self.counters.gets);
-        self.read(bucket, key, &object_key(bucket, key))
+        self.read(bucket, key, &self.locate(bucket, key).placed)
     }
 
     /// [`Store::get`] without the decode: the stored record as it is, for a
@@ -445,10 +451,11 @@ impl Store {
     pub fn get_record(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.limits.check_key(bucket, key)?;
         bump(&self.counters.gets);
-        Ok(self
-            .objects
-            .get(object_key(bucket, key))?
-            .map(|bytes| bytes.to_vec()))
+        let Some(value) = self.objects.get(self.locate(bucket, key).placed)? else {
+            return Ok(None);
+        };
+        let (_, record) = aae::decode_entry(ObjectRecord(bucket, key), &value)?;
+        Ok(Some(record.to_vec()))
     }
 
     /// Coordinates a write at this replica: mints a fresh dot, applies
@@ -487,13 +494,11 @@ impl Store {
         if content.meta.last_modified_us == 0 {
             content.meta.last_modified_us = now_us();
         }
-        let store_key = object_key(bucket, key);
-        let guard = self.lock(&store_key);
-        let local = self.read_sized(bucket, key, &store_key)?;
+        let at = self.locate(bucket, key);
+        let guard = self.lock(at.name_key());
+        let local = self.read_entry(bucket, key, &at.placed)?;
         let local_version = local.as_ref().map(|(l, _)| l.version.clone());
-        let previous = local
-            .as_ref()
-            .map(|(l, size)| (merkle::object_digest(l), *size, l.is_deleted()));
+        let previous = local.as_ref().map(|(l, entry)| (*entry, l.is_deleted()));
         let mut object = local.map(|(l, _)| l).unwrap_or_default();
         // From the mint to the append: a seal waits for it to be journaled.
         let sealed = self.sealed.read();
@@ -527,7 +532,7 @@ impl Store {
         assert!(object.version.covers(&dot) && object.version.descends(context));
         assert!(local_version.is_none_or(|v| object.version.descends(&v)));
         assert!(opts.resolve_by_time || object.siblings.iter().any(|s| s.dot == dot));
-        let seq = self.write(bucket, key, &store_key, &object, previous, opts)?;
+        let seq = self.write(bucket, key, &at, &object, previous, opts)?;
         drop(sealed);
         drop(guard);
         bump(&self.counters.puts);
@@ -638,13 +643,13 @@ impl Store {
         if incoming.siblings.is_empty() {
             return Err(StoreError::InvalidObject("object has no siblings"));
         }
-        let store_key = object_key(bucket, key);
-        let guard = self.lock(&store_key);
-        let local_sized = self.read_sized(bucket, key, &store_key)?;
-        let previous = local_sized
+        let at = self.locate(bucket, key);
+        let guard = self.lock(at.name_key());
+        let local_entry = self.read_entry(bucket, key, &at.placed)?;
+        let previous = local_entry
             .as_ref()
-            .map(|(l, size)| (merkle::object_digest(l), *size, l.is_deleted()));
-        let local = local_sized.map(|(l, _)| l);
+            .map(|(l, entry)| (*entry, l.is_deleted()));
+        let local = local_entry.map(|(l, _)| l);
         // Our own dots come back to us through merges; one above our counter
         // means our counter fell behind our history (a restored backup).
         if self
@@ -672,7 +677,7 @@ impl Store {
             // fsync: answer durable only once it is.
             self.syncer.written_seq()
         } else {
-            self.write(bucket, key, &store_key, &merged, previous, opts)?
+            self.write(bucket, key, &at, &merged, previous, opts)?
         };
         drop(guard);
         bump(&self.counters.merges);
@@ -687,72 +692,51 @@ impl Store {
     }
 
     /// Buckets holding at least one key that is not all tombstones, in
-    /// layout order (shorter names first, then bytewise).
+    /// byte order.
     ///
-    /// Skips from bucket to bucket, so the cost follows the number of
-    /// buckets, except that a bucket whose first keys are tombstones is
-    /// scanned until a live key shows up.
+    /// A full scan of the store's keys (a bucket's keys are spread over
+    /// every partition, as in Riak): it reads each record's header, not the
+    /// object, and skips the records of buckets already found live.
     pub fn list_buckets(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut buckets = Vec::new();
-        let mut from: Option<Vec<u8>> = None;
-        loop {
-            let mut iter = match &from {
-                None => self.objects.iter(),
-                Some(from) => self.objects.range(from.clone()..),
-            };
-            let Some(first) = iter.next() else {
-                break;
-            };
-            let (store_key, value) = first.into_inner()?;
-            let (bucket, key) = split_key(&store_key)?;
-            let prefix = bucket_prefix(bucket);
-            let mut live = !object_is_deleted(ObjectRecord(bucket, key), &value)?;
-            if !live {
-                for guard in iter {
-                    let (store_key, value) = guard.into_inner()?;
-                    if !store_key.starts_with(&prefix) {
-                        break;
-                    }
-                    let (bucket, key) = split_key(&store_key)?;
-                    if !object_is_deleted(ObjectRecord(bucket, key), &value)? {
-                        live = true;
-                        break;
-                    }
-                }
+        let mut live: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for guard in self.objects.iter() {
+            let (placed, value) = guard.into_inner()?;
+            let (bucket, key) = split_placed(&placed)?;
+            if live.contains(bucket) {
+                continue;
             }
-            if live {
-                buckets.push(bucket.to_vec());
-            }
-            match prefix_successor(&prefix) {
-                Some(next) => from = Some(next),
-                None => break,
+            if !placed_is_deleted(bucket, key, &value)? {
+                live.insert(bucket.to_vec());
             }
         }
-        Ok(buckets)
+        Ok(live.into_iter().collect())
     }
 
     /// Every key of `bucket` whose object is not all tombstones, in byte
-    /// order. For a huge bucket use [`Store::keys`] or
-    /// [`Store::list_keys_page`] instead of holding them all.
+    /// order. A full scan (see [`Store::list_buckets`]); for a huge bucket
+    /// use [`Store::keys`] or [`Store::list_keys_page`] instead of holding
+    /// them all.
     pub fn list_keys(&self, bucket: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.keys(bucket)?.collect()
+        let mut keys = self.keys(bucket)?.collect::<Result<Vec<_>, _>>()?;
+        keys.sort_unstable();
+        Ok(keys)
     }
 
-    /// Streams the live keys of `bucket` in byte order, from a snapshot taken
-    /// now.
+    /// Streams the live keys of `bucket` in placement order (the same on
+    /// every replica), from a snapshot taken now.
     pub fn keys(&self, bucket: &[u8]) -> Result<Keys, StoreError> {
         self.limits.check_bucket(bucket)?;
-        let prefix = bucket_prefix(bucket);
         Ok(Keys {
-            iter: self.objects.prefix(&prefix),
-            prefix_size_bytes: prefix.len(),
+            iter: self.objects.iter(),
+            prefix: bucket_prefix(bucket),
         })
     }
 
     /// Up to `limit` (at least 1) live keys of `bucket` after `start_after`
-    /// (exclusive; `None` or empty starts at the beginning), in byte order.
-    /// Each page reads its own snapshot, so a listing by pages is not one
-    /// consistent cut of a bucket that is being written.
+    /// (exclusive; `None` or empty starts at the beginning), in placement
+    /// order, as [`Store::keys`] streams them. Each page reads its own
+    /// snapshot, so a listing by pages is not one consistent cut of a
+    /// bucket that is being written.
     pub fn list_keys_page(
         &self,
         bucket: &[u8],
@@ -762,23 +746,18 @@ impl Store {
         use std::ops::Bound;
         self.limits.check_bucket(bucket)?;
         let limit = limit.max(1);
-        let prefix = bucket_prefix(bucket);
         let lower = match start_after {
             Some(after) if !after.is_empty() => {
                 // The cursor may come from a client: hold it to the limits
                 // before it becomes a store key.
                 self.limits.check_key(bucket, after)?;
-                Bound::Excluded(object_key(bucket, after))
+                Bound::Excluded(self.locate(bucket, after).placed)
             }
-            _ => Bound::Included(prefix.clone()),
-        };
-        let upper = match prefix_successor(&prefix) {
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
+            _ => Bound::Unbounded,
         };
         let mut keys = Keys {
-            iter: self.objects.range::<Vec<u8>, _>((lower, upper)),
-            prefix_size_bytes: prefix.len(),
+            iter: self.objects.range::<Vec<u8>, _>((lower, Bound::Unbounded)),
+            prefix: bucket_prefix(bucket),
         };
         let mut page = KeyPage::default();
         for key in keys.by_ref() {
@@ -792,7 +771,8 @@ impl Store {
     }
 
     /// Iterates every stored object, tombstones included, as
-    /// `(bucket, key, object)` in layout order, from a snapshot taken now.
+    /// `(bucket, key, object)` in placement order, from a snapshot taken
+    /// now.
     /// For anti-entropy, hand-off and (later) tombstone reaping.
     pub fn objects(&self) -> Objects {
         Objects {
@@ -869,9 +849,6 @@ impl Store {
             };
         }
         if self.n_val(bucket) != before {
-            // Exact until maintenance has moved this bucket's records.
-            self.index_exact
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             self.reindex.lock().push(bucket.to_vec());
         }
     }
@@ -1131,52 +1108,50 @@ impl Store {
         self.locks[(hash % LOCK_STRIPES as u64) as usize].lock()
     }
 
-    fn read(
+    /// Where `bucket`/`key` is stored.
+    fn locate(&self, bucket: &[u8], key: &[u8]) -> Located {
+        let placement = Placement::of(bucket, key, self.partition_bits);
+        let mut placed = aae::placed_prefix(placement.partition, Some(placement.segment));
+        layout::extend_object_key(&mut placed, bucket, key);
+        Located { placement, placed }
+    }
+
+    fn read(&self, bucket: &[u8], key: &[u8], placed: &[u8]) -> Result<Option<Object>, StoreError> {
+        Ok(self.read_entry(bucket, key, placed)?.map(|(o, _)| o))
+    }
+
+    /// [`Store::read`], with the entry stored beside the object.
+    fn read_entry(
         &self,
         bucket: &[u8],
         key: &[u8],
-        store_key: &[u8],
-    ) -> Result<Option<Object>, StoreError> {
-        Ok(self.read_sized(bucket, key, store_key)?.map(|(o, _)| o))
+        placed: &[u8],
+    ) -> Result<Option<(Object, IndexEntry)>, StoreError> {
+        let Some(value) = self.objects.get(placed)? else {
+            return Ok(None);
+        };
+        let (entry, record) = aae::decode_entry(ObjectRecord(bucket, key), &value)?;
+        Ok(Some((
+            decode_object(ObjectRecord(bucket, key), record)?,
+            entry,
+        )))
     }
 
-    /// [`Store::read`], with the size of the stored record.
-    fn read_sized(
-        &self,
-        bucket: &[u8],
-        key: &[u8],
-        store_key: &[u8],
-    ) -> Result<Option<(Object, usize)>, StoreError> {
-        self.objects
-            .get(store_key)?
-            .map(|bytes| decode_object(ObjectRecord(bucket, key), &bytes).map(|o| (o, bytes.len())))
-            .transpose()
-    }
-
-    /// Whether the index record of a key must be read rather than derived
-    /// from the stored object: while an `n_val` change moves records, or the
-    /// index is being verified.
-    fn index_must_be_read(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        self.index_exact.load(Ordering::Acquire) > 0
-            || self.index_unverified.load(Ordering::Acquire)
-    }
-
-    /// Checks the limits, then appends `object` to the journal together with
-    /// its index record (and tombstone record), and moves the key in the
-    /// trees. Returns the write's commit sequence number. The caller holds
-    /// the key's lock; `previous` describes the copy it replaces (digest,
-    /// record size, all tombstones), if any.
+    /// Checks the limits, then appends `object` with its entry (and its
+    /// tombstone record) to the journal, and moves the key in the trees.
+    /// Returns the write's commit sequence number. The caller holds the
+    /// key's lock; `previous` is the entry of the copy it replaces and
+    /// whether that copy is all tombstones, if there is one.
     fn write(
         &self,
         bucket: &[u8],
         key: &[u8],
-        store_key: &[u8],
+        at: &Located,
         object: &Object,
-        previous: Option<(u64, usize, bool)>,
+        previous: Option<(IndexEntry, bool)>,
         opts: WriteOptions,
     ) -> Result<u64, StoreError> {
-        let was_deleted = previous.is_some_and(|(_, _, deleted)| deleted);
+        let was_deleted = previous.is_some_and(|(_, deleted)| deleted);
         let count = object.siblings.len();
         if count > self.limits.siblings_max && !opts.repair {
             bump(&self.counters.sibling_limit_refusals);
@@ -1196,8 +1171,8 @@ impl Store {
                 "object has many siblings: clients may be writing without a context"
             );
         }
-        let bytes = encode_object(object);
-        let size_bytes = bytes.len() as u64;
+        let (bytes, new_entry) = layout::encode_placed(object, self.n_val(bucket));
+        let size_bytes = u64::from(new_entry.size_bytes);
         if size_bytes > self.limits.object_size_bytes_max && !opts.repair {
             bump(&self.counters.object_size_refusals);
             return Err(StoreError::ObjectTooLarge {
@@ -1216,24 +1191,6 @@ impl Store {
                 "large object"
             );
         }
-        let placement = Placement::of(bucket, key, self.partition_bits);
-        let index_key = aae::index_key(placement, store_key);
-        // The index record always describes the stored object, so it need
-        // not be read, except while records move or are being verified.
-        let old_entry = if self.index_must_be_read() {
-            self.index_entry(&index_key)?
-        } else {
-            previous.map(|(digest, size, _)| IndexEntry {
-                n_val: self.n_val(bucket),
-                digest,
-                size_bytes: u32::try_from(size).unwrap_or(u32::MAX),
-            })
-        };
-        let new_entry = IndexEntry {
-            n_val: self.n_val(bucket),
-            digest: merkle::object_digest(object),
-            size_bytes: u32::try_from(size_bytes).unwrap_or(u32::MAX),
-        };
         let mut batch = self.db.batch();
         if self.syncer.policy().syncs_every_write() {
             // Every such write waits for the committer, which hands fjall's
@@ -1242,44 +1199,32 @@ impl Store {
             // over at once, so that a crash of the process alone loses none.
             batch = batch.durability(None);
         }
-        batch.insert(&self.objects, store_key, bytes);
-        batch.insert(&self.index, index_key, aae::encode_entry(new_entry));
+        batch.insert(&self.objects, at.placed.as_slice(), bytes);
         if object.is_deleted() {
             batch.insert(
                 &self.tombstones,
-                store_key,
+                at.name_key(),
                 layout::encode_u64(deleted_at_us(object)),
             );
         } else if was_deleted {
-            batch.remove(&self.tombstones, store_key);
+            batch.remove(&self.tombstones, at.name_key());
         }
         let append = self.syncer.begin_append();
         self.syncer.write_journal(|| batch.commit())?;
         let seq = append.finish();
         self.space.note_appended(size_bytes);
-        self.trees
-            .apply(bucket, key, placement, old_entry, Some(new_entry));
+        self.trees.apply(
+            bucket,
+            key,
+            at.placement,
+            previous.map(|(entry, _)| entry),
+            Some(new_entry),
+        );
         bump(&self.counters.keys_written);
         self.counters
             .bytes_written
             .fetch_add(size_bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(seq)
-    }
-
-    /// The index record at `index_key`. A corrupt record reads as absent
-    /// (writes must not fail because of it) and asks for a full verify.
-    fn index_entry(&self, index_key: &[u8]) -> Result<Option<IndexEntry>, StoreError> {
-        let Some(bytes) = self.index.get(index_key)? else {
-            return Ok(None);
-        };
-        match aae::decode_entry(index_key, &bytes) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(err) => {
-                tracing::warn!(%err, "corrupt anti-entropy index record; verifying the index");
-                self.request_full_verify();
-                Ok(None)
-            }
-        }
     }
 
     /// The `n_val` the trees file `bucket`'s keys under.
@@ -1380,7 +1325,7 @@ impl Store {
     }
 }
 
-/// `n_val` as the index stores it; validated props keep it within 1..=16.
+/// `n_val` as an entry stores it; validated props keep it within 1..=16.
 fn n_val_byte(n_val: u32) -> u8 {
     u8::try_from(n_val.clamp(1, crate::props::N_VAL_MAX)).expect("N_VAL_MAX fits a byte")
 }
@@ -1411,12 +1356,131 @@ fn split_hint_key(hint_key: &[u8]) -> Result<(u128, &[u8], &[u8]), StoreError> {
     Ok((u128::from_be_bytes(*owner), bucket, key))
 }
 
-/// Splits a store key read from disk, or reports it corrupt.
-fn split_key(store_key: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
-    split_object_key(store_key).ok_or_else(|| StoreError::Corrupt {
-        record: format!("object key {}", escape(store_key)),
+/// Splits a name key read from disk, or reports it corrupt.
+fn split_key(name_key: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    split_object_key(name_key).ok_or_else(|| StoreError::Corrupt {
+        record: format!("object key {}", escape(name_key)),
         reason: "malformed store key".into(),
     })
+}
+
+/// Splits a placed key read from disk into (bucket, key), or reports it
+/// corrupt.
+fn split_placed(placed: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    aae::split_placed_key(placed)
+        .and_then(|(_, name_key)| split_object_key(name_key))
+        .ok_or_else(|| StoreError::Corrupt {
+            record: format!("placed key {}", escape(placed)),
+            reason: "malformed placed key".into(),
+        })
+}
+
+/// Whether a placed value's object is all tombstones, from its header.
+fn placed_is_deleted(bucket: &[u8], key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+    let (_, record) = aae::decode_entry(ObjectRecord(bucket, key), value)?;
+    object_is_deleted(ObjectRecord(bucket, key), record)
+}
+
+/// Where one key is stored: its placement, and its placed key, whose tail
+/// is its name key.
+struct Located {
+    placement: Placement,
+    placed: Vec<u8>,
+}
+
+impl Located {
+    fn name_key(&self) -> &[u8] {
+        &self.placed[PLACED_KEY_PREFIX_SIZE_BYTES..]
+    }
+}
+
+/// Objects per batch when a directory of the old layout is moved.
+const MIGRATION_BATCH_RECORDS: usize = 1024;
+
+/// Moves every object of a directory written before placed records (the
+/// `objects` keyspace, keyed by name key) into `placed`, with its entry,
+/// then drops the old keyspace. Each batch moves its keys atomically (the
+/// new record in, the old one out), so a crash part-way leaves every object
+/// in exactly one of the two keyspaces and the next open goes on where this
+/// one stopped. Tombstone records are written again for deleted objects
+/// (an old directory may predate them).
+fn migrate_legacy_objects(
+    db: &fjall::Database,
+    legacy: fjall::Keyspace,
+    placed: &fjall::Keyspace,
+    tombstones: &fjall::Keyspace,
+    props: &HashMap<Vec<u8>, Option<BucketProps>>,
+    partition_bits: u32,
+) -> Result<(), StoreError> {
+    use std::ops::Bound;
+    let started = std::time::Instant::now();
+    let n_val_of = |bucket: &[u8]| {
+        n_val_byte(
+            props
+                .get(bucket)
+                .and_then(Option::as_ref)
+                .map_or(BucketProps::default().n_val, |p| p.n_val),
+        )
+    };
+    let mut moved = 0u64;
+    let mut corrupt = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let iter = match &after {
+            None => legacy.iter(),
+            Some(after) => {
+                legacy.range::<Vec<u8>, _>((Bound::Excluded(after.clone()), Bound::Unbounded))
+            }
+        };
+        let mut batch = db.batch();
+        let mut last = None;
+        for guard in iter.take(MIGRATION_BATCH_RECORDS) {
+            let (name_key, record) = guard.into_inner()?;
+            let (bucket, key) = split_key(&name_key)?;
+            let digest = match decode_object(ObjectRecord(bucket, key), &record) {
+                Ok(object) => {
+                    if object.is_deleted() {
+                        batch.insert(
+                            tombstones,
+                            name_key.to_vec(),
+                            layout::encode_u64(deleted_at_us(&object)),
+                        );
+                    }
+                    merkle::object_digest(&object)
+                }
+                Err(err) => {
+                    // Moved as it is: reads report it, and exchanges ask the
+                    // peers for the key.
+                    tracing::error!(%err, "moving a corrupt object record");
+                    corrupt += 1;
+                    0
+                }
+            };
+            let placement = Placement::of(bucket, key, partition_bits);
+            let mut value = vec![0u8; aae::ENTRY_SIZE_BYTES];
+            aae::encode_entry(n_val_of(bucket), digest, &mut value);
+            value.extend_from_slice(&record);
+            batch.insert(placed, aae::placed_key(placement, &name_key), value);
+            batch.remove(&legacy, name_key.to_vec());
+            last = Some(name_key.to_vec());
+            moved += 1;
+        }
+        let Some(last) = last else { break };
+        batch.commit()?;
+        after = Some(last);
+        if moved.is_multiple_of(256 * MIGRATION_BATCH_RECORDS as u64) {
+            tracing::info!(moved, "moving objects to placed records");
+        }
+    }
+    db.persist(fjall::PersistMode::SyncAll)?;
+    db.delete_keyspace(legacy)?;
+    tracing::info!(
+        moved,
+        corrupt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "moved every object of the old layout to placed records"
+    );
+    Ok(())
 }
 
 fn now_us() -> u64 {
@@ -1428,7 +1492,8 @@ fn now_us() -> u64 {
 /// The live keys of one bucket; see [`Store::keys`].
 pub struct Keys {
     iter: fjall::Iter,
-    prefix_size_bytes: usize,
+    /// The bucket's prefix of name keys.
+    prefix: Vec<u8>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -1445,10 +1510,15 @@ impl Iterator for Keys {
             let entry = guard
                 .into_inner()
                 .map_err(StoreError::from)
-                .and_then(|(k, v)| {
-                    let (bucket, key) = split_key(&k)?;
-                    debug_assert_eq!(bucket.len() + 2, self.prefix_size_bytes);
-                    let deleted = object_is_deleted(ObjectRecord(bucket, key), &v)?;
+                .and_then(|(placed, value)| {
+                    let ours = placed
+                        .get(PLACED_KEY_PREFIX_SIZE_BYTES..)
+                        .is_some_and(|name| name.starts_with(&self.prefix));
+                    if !ours {
+                        return Ok(None);
+                    }
+                    let (bucket, key) = split_placed(&placed)?;
+                    let deleted = placed_is_deleted(bucket, key, &value)?;
                     Ok((!deleted).then(|| key.to_vec()))
                 });
             match entry {
@@ -1481,9 +1551,10 @@ impl Iterator for Objects {
             guard
                 .into_inner()
                 .map_err(StoreError::from)
-                .and_then(|(k, v)| {
-                    let (bucket, key) = split_key(&k)?;
-                    let object = decode_object(ObjectRecord(bucket, key), &v)?;
+                .and_then(|(placed, value)| {
+                    let (bucket, key) = split_placed(&placed)?;
+                    let (_, record) = aae::decode_entry(ObjectRecord(bucket, key), &value)?;
+                    let object = decode_object(ObjectRecord(bucket, key), record)?;
                     Ok((bucket.to_vec(), key.to_vec(), object))
                 }),
         )

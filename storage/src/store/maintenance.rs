@@ -1,15 +1,16 @@
 //! The store's anti-entropy surface: tree views for exchanges, segment and
 //! partition listings, compare-and-remove for reaping and hand-off, and the
-//! background maintenance that builds the trees and keeps the index true.
+//! background maintenance that builds the trees and moves keys between
+//! trees when a bucket's `n_val` changes.
 //!
 //! Everything here is blocking, like the rest of the store. Long scans pace
 //! themselves ([`MAINTENANCE_RECORDS_PER_S_MAX`]) so a rebuild never starves
 //! client requests of disk and CPU.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::layout::prefix_successor;
 
 /// Most records a maintenance scan reads per second.
 pub const MAINTENANCE_RECORDS_PER_S_MAX: u64 = 200_000;
@@ -30,11 +31,11 @@ pub struct TreeSummary {
 /// What a [`Store::maintain`] call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {
-    /// The trees were (re)built from the index.
+    /// The trees were (re)built from the stored entries.
     pub trees_built: bool,
-    /// Index records checked against their objects.
+    /// Records of buckets whose `n_val` changed, checked.
     pub records_verified: u64,
-    /// Index or tombstone records that were wrong and were fixed.
+    /// Records whose entry was rewritten to the bucket's new `n_val`.
     pub records_fixed: u64,
 }
 
@@ -128,8 +129,8 @@ impl Store {
         })
     }
 
-    /// The keys (with digests) of the given segments of a tree, in index
-    /// order. Out-of-range segments are skipped.
+    /// The keys (with digests) of the given segments of a tree, in
+    /// placement order. Out-of-range segments are skipped.
     pub fn aae_keys(&self, id: TreeId, segments: &[u16]) -> Result<Vec<KeyDigest>, StoreError> {
         let mut out = Vec::new();
         for &segment in segments {
@@ -137,11 +138,11 @@ impl Store {
                 continue;
             }
             for guard in self
-                .index
-                .prefix(aae::index_prefix(id.partition, Some(segment)))
+                .objects
+                .prefix(aae::placed_prefix(id.partition, Some(segment)))
             {
-                let (index_key, value) = guard.into_inner()?;
-                if let Some(k) = self.key_digest(id, &index_key, &value)? {
+                let (placed, value) = guard.into_inner()?;
+                if let Some(k) = key_digest(id, &placed, &value)? {
                     out.push(k);
                 }
             }
@@ -159,7 +160,7 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<KeyDigest>, Option<Vec<u8>>), StoreError> {
         use std::ops::Bound;
-        let prefix = aae::index_prefix(id.partition, None);
+        let prefix = aae::placed_prefix(id.partition, None);
         let lower = match start_after {
             Some(cursor) if cursor.starts_with(&prefix) => Bound::Excluded(cursor.to_vec()),
             _ => Bound::Included(prefix.clone()),
@@ -169,39 +170,16 @@ impl Store {
             None => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for guard in self.index.range::<Vec<u8>, _>((lower, upper)) {
-            let (index_key, value) = guard.into_inner()?;
-            if let Some(k) = self.key_digest(id, &index_key, &value)? {
+        for guard in self.objects.range::<Vec<u8>, _>((lower, upper)) {
+            let (placed, value) = guard.into_inner()?;
+            if let Some(k) = key_digest(id, &placed, &value)? {
                 out.push(k);
             }
             if out.len() >= limit.max(1) {
-                return Ok((out, Some(index_key.to_vec())));
+                return Ok((out, Some(placed.to_vec())));
             }
         }
         Ok((out, None))
-    }
-
-    fn key_digest(
-        &self,
-        id: TreeId,
-        index_key: &[u8],
-        value: &[u8],
-    ) -> Result<Option<KeyDigest>, StoreError> {
-        let entry = aae::decode_entry(index_key, value)?;
-        if entry.n_val != id.n_val {
-            return Ok(None);
-        }
-        let (_, store_key) =
-            aae::split_index_key(index_key).ok_or_else(|| StoreError::Corrupt {
-                record: format!("index key {}", escape(index_key)),
-                reason: "malformed index key".into(),
-            })?;
-        let (bucket, key) = split_key(store_key)?;
-        Ok(Some(KeyDigest {
-            bucket: bucket.to_vec(),
-            key: key.to_vec(),
-            digest: entry.digest,
-        }))
     }
 
     /// Removes a key if its stored copy still has `digest`: reaping a
@@ -216,27 +194,24 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.limits.check_key(bucket, key)?;
         self.admit_into_reserve()?;
-        let store_key = object_key(bucket, key);
-        let guard = self.lock(&store_key);
-        let Some(object) = self.read(bucket, key, &store_key)? else {
+        let at = self.locate(bucket, key);
+        let guard = self.lock(at.name_key());
+        let Some((object, entry)) = self.read_entry(bucket, key, &at.placed)? else {
             return Ok(false);
         };
         if merkle::object_digest(&object) != digest {
             return Ok(false);
         }
-        let placement = Placement::of(bucket, key, self.partition_bits);
-        let index_key = aae::index_key(placement, &store_key);
-        let old_entry = self.index_entry(&index_key)?;
         let mut batch = self.db.batch();
-        batch.remove(&self.objects, store_key.clone());
-        batch.remove(&self.index, index_key);
+        batch.remove(&self.objects, at.placed.as_slice());
         if object.is_deleted() {
-            batch.remove(&self.tombstones, store_key);
+            batch.remove(&self.tombstones, at.name_key());
         }
         let append = self.syncer.begin_append();
         self.syncer.write_journal(|| batch.commit())?;
         let seq = append.finish();
-        self.trees.apply(bucket, key, placement, old_entry, None);
+        self.trees
+            .apply(bucket, key, at.placement, Some(entry), None);
         drop(guard);
         self.syncer.commit(seq)?;
         bump(&self.counters.keys_removed);
@@ -279,22 +254,21 @@ impl Store {
                 self.hint_count.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
-        let store_key = object_key(bucket, key);
-        let guard = self.lock(&store_key);
-        let gone = match self.read(bucket, key, &store_key)? {
+        let at = self.locate(bucket, key);
+        let guard = self.lock(at.name_key());
+        let gone = match self.read_entry(bucket, key, &at.placed)? {
             None => true,
-            Some(copy) if copy.is_deleted() && tombstone.version.descends(&copy.version) => {
-                let placement = Placement::of(bucket, key, self.partition_bits);
-                let index_key = aae::index_key(placement, &store_key);
-                let old_entry = self.index_entry(&index_key)?;
+            Some((copy, entry))
+                if copy.is_deleted() && tombstone.version.descends(&copy.version) =>
+            {
                 let mut batch = self.db.batch();
-                batch.remove(&self.objects, store_key.clone());
-                batch.remove(&self.index, index_key);
-                batch.remove(&self.tombstones, store_key.clone());
+                batch.remove(&self.objects, at.placed.as_slice());
+                batch.remove(&self.tombstones, at.name_key());
                 let append = self.syncer.begin_append();
                 self.syncer.write_journal(|| batch.commit())?;
                 seq = append.finish();
-                self.trees.apply(bucket, key, placement, old_entry, None);
+                self.trees
+                    .apply(bucket, key, at.placement, Some(entry), None);
                 bump(&self.counters.keys_removed);
                 true
             }
@@ -344,11 +318,11 @@ impl Store {
             .tombstones
             .range::<Vec<u8>, _>((lower, Bound::Unbounded))
         {
-            let (store_key, value) = guard.into_inner()?;
-            let (bucket, key) = split_key(&store_key)?;
+            let (name_key, value) = guard.into_inner()?;
+            let (bucket, key) = split_key(&name_key)?;
             let deleted_at = layout::decode_u64("tombstone", &value)?;
             if deleted_at < cutoff_us
-                && let Some(object) = self.read(bucket, key, &store_key)?
+                && let Some(object) = self.read(bucket, key, &self.locate(bucket, key).placed)?
                 && object.is_deleted()
             {
                 out.push((bucket.to_vec(), key.to_vec(), object));
@@ -365,8 +339,8 @@ impl Store {
         Ok(self.tombstones.len()? as u64)
     }
 
-    /// Builds the trees from the index. Writes may go on meanwhile; until
-    /// the build finishes, [`Store::aae_ready`] is false.
+    /// Builds the trees from the stored entries. Writes may go on
+    /// meanwhile; until the build finishes, [`Store::aae_ready`] is false.
     pub fn rebuild_trees(&self) -> Result<(), StoreError> {
         // Hold every key lock while the build starts recording and takes
         // its snapshot: no write is half done, so each one is either in the
@@ -378,47 +352,37 @@ impl Store {
         };
         let mut pace = Pace::new();
         let mut corrupt = 0u64;
-        for guard in snapshot.iter(&self.index) {
-            let (index_key, value) = guard.into_inner()?;
-            let parsed = aae::decode_entry(&index_key, &value)
-                .ok()
-                .and_then(|entry| {
-                    let (placement, store_key) = aae::split_index_key(&index_key)?;
-                    let (bucket, key) = split_object_key(store_key)?;
-                    Some((entry, placement, bucket, key))
-                });
+        for guard in snapshot.iter(&self.objects) {
+            let (placed, value) = guard.into_inner()?;
+            let parsed = aae::split_placed_key(&placed).and_then(|(placement, name_key)| {
+                let (bucket, key) = split_object_key(name_key)?;
+                let (entry, _) = aae::decode_entry(ObjectRecord(bucket, key), &value).ok()?;
+                Some((entry, placement, bucket, key))
+            });
             match parsed {
                 Some((entry, placement, bucket, key)) => {
                     self.trees.fold(bucket, key, placement, entry);
                 }
-                // Left out of the trees; the verify repairs the record.
+                // Left out of the trees: exchanges find the key missing
+                // here and ask the peers for it; reads report the record.
                 None => corrupt += 1,
             }
             pace.tick();
         }
         self.trees.finish_build();
         if corrupt > 0 {
-            tracing::warn!(
+            tracing::error!(
                 records = corrupt,
-                "corrupt anti-entropy index records; verifying the index"
+                "corrupt object records left out of the anti-entropy trees"
             );
-            self.request_full_verify();
         }
         Ok(())
     }
 
-    /// Asks the next [`Store::maintain`] to verify the whole index and
-    /// rebuild the trees (after a corrupt record was seen, or as a periodic
-    /// check).
-    pub fn request_full_verify(&self) {
-        self.index_unverified.store(true, Ordering::Relaxed);
-    }
-
     /// Background upkeep; call it periodically from a blocking thread:
     /// checks the disk ([`Store::check_disk`]), builds the trees if they
-    /// were never built, verifies the index against the objects when asked
-    /// to (or when the directory predates it), and moves the keys of
-    /// buckets whose `n_val` changed to their new trees.
+    /// were never built, and moves the keys of buckets whose `n_val`
+    /// changed to their new trees.
     pub fn maintain(&self) -> Result<MaintenanceReport, StoreError> {
         self.check_disk();
         let mut report = MaintenanceReport::default();
@@ -426,153 +390,89 @@ impl Store {
             self.rebuild_trees()?;
             report.trees_built = true;
         }
-        if self.index_unverified.load(Ordering::Acquire) {
-            // Writes read index records exactly while the verify runs.
-            self.index_exact.fetch_add(1, Ordering::AcqRel);
-            self.index_unverified.store(false, Ordering::Release);
-            let result = self.verify_range(None, &mut report).and_then(|()| {
-                self.syncer
-                    .write_journal(|| self.meta.insert(META_INDEX_VERSION, layout::encode_u64(1)))
-            });
-            self.index_exact.fetch_sub(1, Ordering::AcqRel);
-            if let Err(err) = result {
-                self.index_unverified.store(true, Ordering::Release);
-                return Err(err);
-            }
-            if report.records_fixed > 0 {
-                tracing::warn!(
-                    fixed = report.records_fixed,
-                    "the anti-entropy index disagreed with the stored objects and was repaired"
-                );
-                // A record that was wrong on disk may have been folded into
-                // the trees as it was: build them again from the repaired
-                // index.
-                self.rebuild_trees()?;
-                report.trees_built = true;
-            }
-        }
         let pending: Vec<Vec<u8>> = std::mem::take(&mut *self.reindex.lock());
-        for bucket in pending {
-            if let Err(err) = self.verify_range(Some(&bucket), &mut report) {
-                // Still counted in `index_exact`; retried next time.
-                self.reindex.lock().push(bucket);
+        for (done, bucket) in pending.iter().enumerate() {
+            if let Err(err) = self.reindex_bucket(bucket, &mut report) {
+                // Retried next time.
+                self.reindex.lock().extend(pending[done..].iter().cloned());
                 return Err(err);
             }
-            self.index_exact.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(report)
     }
 
-    /// Checks the index and tombstone records of every object (of one
-    /// bucket, or all) against the object, fixing what is wrong; then, for
-    /// a full check, removes index and tombstone records without an object.
-    fn verify_range(
+    /// Rewrites the entry of every record of `bucket` whose `n_val` is not
+    /// the bucket's (a full scan: a bucket's keys are spread over every
+    /// partition). Writes meanwhile carry the record's stored entry as the
+    /// old one, so each key moves trees exactly once, here or by a write.
+    fn reindex_bucket(
         &self,
-        bucket: Option<&[u8]>,
+        bucket: &[u8],
         report: &mut MaintenanceReport,
     ) -> Result<(), StoreError> {
+        let prefix = bucket_prefix(bucket);
         let snapshot = self.db.snapshot();
-        let iter = match bucket {
-            Some(bucket) => snapshot.prefix(&self.objects, bucket_prefix(bucket)),
-            None => snapshot.iter(&self.objects),
-        };
         let mut pace = Pace::new();
-        for guard in iter {
-            let (store_key, _) = guard.into_inner()?;
-            let (bucket, key) = split_key(&store_key)?;
-            if self.fix_records(bucket, key)? {
+        for guard in snapshot.iter(&self.objects) {
+            let (placed, _) = guard.into_inner()?;
+            pace.tick();
+            let Some((_, name_key)) = aae::split_placed_key(&placed) else {
+                continue;
+            };
+            if !name_key.starts_with(&prefix) {
+                continue;
+            }
+            let (bucket, key) = split_key(name_key)?;
+            if self.reindex_record(bucket, key)? {
                 report.records_fixed += 1;
             }
             report.records_verified += 1;
-            pace.tick();
-        }
-        if bucket.is_some() {
-            return Ok(());
-        }
-        for guard in snapshot.iter(&self.index) {
-            let (index_key, _) = guard.into_inner()?;
-            if let Some((_, store_key)) = aae::split_index_key(&index_key)
-                && let Ok((bucket, key)) = split_key(store_key)
-            {
-                if self.fix_records(bucket, key)? {
-                    report.records_fixed += 1;
-                }
-            } else {
-                // A key this store never writes: drop it.
-                self.admit_into_reserve()?;
-                self.syncer.write_journal(|| self.index.remove(index_key))?;
-                report.records_fixed += 1;
-            }
-            pace.tick();
-        }
-        for guard in snapshot.iter(&self.tombstones) {
-            let (store_key, _) = guard.into_inner()?;
-            let (bucket, key) = split_key(&store_key)?;
-            if self.fix_records(bucket, key)? {
-                report.records_fixed += 1;
-            }
-            pace.tick();
         }
         Ok(())
     }
 
-    /// Makes the index and tombstone records of one key describe its stored
-    /// object (or its absence). Returns whether anything was wrong.
-    fn fix_records(&self, bucket: &[u8], key: &[u8]) -> Result<bool, StoreError> {
-        let store_key = object_key(bucket, key);
-        let _guard = self.lock(&store_key);
-        let placement = Placement::of(bucket, key, self.partition_bits);
-        let index_key = aae::index_key(placement, &store_key);
-        let old_entry = match self.index_entry(&index_key) {
-            Ok(entry) => entry,
-            Err(StoreError::Corrupt { .. }) => None,
-            Err(err) => return Err(err),
+    /// Gives one record the `n_val` of its bucket, under the key's lock.
+    /// Returns whether it had another.
+    fn reindex_record(&self, bucket: &[u8], key: &[u8]) -> Result<bool, StoreError> {
+        let at = self.locate(bucket, key);
+        let _guard = self.lock(at.name_key());
+        let Some(value) = self.objects.get(&at.placed)? else {
+            return Ok(false);
         };
-        let stored = self.objects.get(&store_key)?;
-        let object = match &stored {
-            Some(bytes) => match decode_object(ObjectRecord(bucket, key), bytes) {
-                Ok(object) => Some((object, bytes.len())),
-                // A corrupt object is reported where it is read; its index
-                // record stays as it was, so exchanges keep asking peers for it.
-                Err(_) => return Ok(false),
-            },
-            None => None,
+        let (old_entry, _) = match aae::decode_entry(ObjectRecord(bucket, key), &value) {
+            Ok(decoded) => decoded,
+            // Reported where it is read; left as it is.
+            Err(_) => return Ok(false),
         };
-        let new_entry = object.as_ref().map(|(o, size)| IndexEntry {
-            n_val: self.n_val(bucket),
-            digest: merkle::object_digest(o),
-            size_bytes: u32::try_from(*size).unwrap_or(u32::MAX),
-        });
-        let deleted_at = object
-            .as_ref()
-            .filter(|(o, _)| o.is_deleted())
-            .map(|(o, _)| deleted_at_us(o));
-        let tombstone_record = self
-            .tombstones
-            .get(&store_key)?
-            .map(|v| layout::decode_u64("tombstone", &v))
-            .transpose()
-            .unwrap_or(None);
-        if old_entry == new_entry && tombstone_record == deleted_at {
+        let n_val = self.n_val(bucket);
+        if old_entry.n_val == n_val {
             return Ok(false);
         }
-        // A repair can add records: held to the reserve like any write.
-        self.admit_write()?;
-        let mut batch = self.db.batch();
-        match new_entry {
-            Some(entry) => batch.insert(&self.index, index_key, aae::encode_entry(entry)),
-            None => batch.remove(&self.index, index_key),
-        }
-        match deleted_at {
-            Some(at) => batch.insert(&self.tombstones, store_key, layout::encode_u64(at)),
-            None => batch.remove(&self.tombstones, store_key),
-        }
-        self.syncer.write_journal(|| batch.commit())?;
+        let mut value = value.to_vec();
+        aae::encode_entry(n_val, old_entry.digest, &mut value);
+        self.admit_into_reserve()?;
+        self.syncer
+            .write_journal(|| self.objects.insert(at.placed.as_slice(), value))?;
         self.syncer.note_write();
+        let new_entry = IndexEntry { n_val, ..old_entry };
         self.trees
-            .apply(bucket, key, placement, old_entry, new_entry);
+            .apply(bucket, key, at.placement, Some(old_entry), Some(new_entry));
         Ok(true)
     }
+}
+
+/// The key and digest of a placed record if it belongs to tree `id`.
+fn key_digest(id: TreeId, placed: &[u8], value: &[u8]) -> Result<Option<KeyDigest>, StoreError> {
+    let (bucket, key) = split_placed(placed)?;
+    let (entry, _) = aae::decode_entry(ObjectRecord(bucket, key), value)?;
+    if entry.n_val != id.n_val {
+        return Ok(None);
+    }
+    Ok(Some(KeyDigest {
+        bucket: bucket.to_vec(),
+        key: key.to_vec(),
+        digest: entry.digest,
+    }))
 }
 
 #[cfg(test)]
@@ -738,49 +638,110 @@ mod tests {
         assert_eq!(during, roots(&reopened));
     }
 
-    #[test]
-    fn a_damaged_index_is_repaired_by_a_verify() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ready(dir.path());
-        for i in 0..300 {
-            store
-                .put(
-                    b"b",
-                    format!("k{i}").as_bytes(),
-                    &VersionVector::new(),
-                    content("v"),
-                    PUT,
-                )
-                .unwrap();
-        }
-        let before = roots(&store);
-        // Lose a third of the index records, corrupt one, add an orphan.
-        let keys: Vec<Vec<u8>> = store
-            .index
-            .iter()
-            .map(|g| g.key().unwrap().to_vec())
-            .collect();
-        for key in keys.iter().step_by(3) {
-            store.index.remove(key.clone()).unwrap();
-        }
-        store.index.insert(keys[1].clone(), vec![9u8; 3]).unwrap();
-        store
-            .index
-            .insert(
-                aae::index_key(Placement::of(b"b", b"gone", 4), &object_key(b"b", b"gone")),
-                aae::encode_entry(IndexEntry {
-                    n_val: 3,
-                    digest: 1,
-                    size_bytes: 1,
-                }),
+    /// Turns the placed records of a closed store's directory back into the
+    /// layout before them (objects by name key, an `aae` index beside them),
+    /// for the keys `pick` chooses; the others stay placed, as after a crash
+    /// part-way through a migration.
+    fn to_legacy_layout(dir: &std::path::Path, pick: impl Fn(usize) -> bool) {
+        let db = fjall::Database::builder(dir).open().unwrap();
+        let placed = db
+            .keyspace(layout::KEYSPACE_PLACED, KeyspaceCreateOptions::default)
+            .unwrap();
+        let legacy = db
+            .keyspace(
+                layout::KEYSPACE_LEGACY_OBJECTS,
+                KeyspaceCreateOptions::default,
             )
             .unwrap();
-        store.rebuild_trees().unwrap();
-        assert_ne!(before, roots(&store));
-        store.request_full_verify();
-        let report = store.maintain().unwrap();
-        assert!(report.records_fixed >= 100, "{report:?}");
-        assert_eq!(before, roots(&store));
+        let index = db
+            .keyspace(
+                layout::KEYSPACE_LEGACY_INDEX,
+                KeyspaceCreateOptions::default,
+            )
+            .unwrap();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = placed
+            .iter()
+            .map(|g| {
+                let (k, v) = g.into_inner().unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        for (i, (placed_key, value)) in records.into_iter().enumerate() {
+            if !pick(i) {
+                continue;
+            }
+            let name_key = &placed_key[aae::PLACED_KEY_PREFIX_SIZE_BYTES..];
+            legacy
+                .insert(name_key, &value[aae::ENTRY_SIZE_BYTES..])
+                .unwrap();
+            index.insert(&placed_key, [1u8; 14]).unwrap();
+            placed.remove(placed_key).unwrap();
+        }
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+
+    #[test]
+    fn a_directory_of_the_old_layout_is_moved_to_placed_records() {
+        for half in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ready(dir.path());
+            let five = BucketProps {
+                n_val: 5,
+                ..BucketProps::default()
+            };
+            store.set_bucket_props(b"five", &five).unwrap();
+            // More keys than one migration batch.
+            for i in 0..1500 {
+                let bucket: &[u8] = if i % 3 == 0 { b"five" } else { b"b" };
+                store
+                    .put(
+                        bucket,
+                        format!("k{i}").as_bytes(),
+                        &VersionVector::new(),
+                        content("v"),
+                        PUT,
+                    )
+                    .unwrap();
+            }
+            let doomed = store.get(b"b", b"k1").unwrap().unwrap();
+            store.delete(b"b", b"k1", &doomed.version, PUT).unwrap();
+            let only = store
+                .put(b"gone", b"k", &VersionVector::new(), content("v"), PUT)
+                .unwrap();
+            store
+                .delete(b"gone", b"k", &only.object.version, PUT)
+                .unwrap();
+            let before = roots(&store);
+            assert!(before.iter().any(|r| r.0.n_val == 5));
+            let objects: Vec<_> = store.objects().map(Result::unwrap).collect();
+            let keys = store.list_keys(b"b").unwrap();
+            store.close().unwrap();
+
+            to_legacy_layout(dir.path(), |i| !half || i % 2 == 0);
+            let store = ready(dir.path());
+            assert!(!store.db.keyspace_exists(layout::KEYSPACE_LEGACY_OBJECTS));
+            assert!(!store.db.keyspace_exists(layout::KEYSPACE_LEGACY_INDEX));
+            assert_eq!(roots(&store), before);
+            assert_eq!(
+                store.objects().map(Result::unwrap).collect::<Vec<_>>(),
+                objects
+            );
+            assert_eq!(store.list_keys(b"b").unwrap(), keys);
+            assert_eq!(
+                store.list_buckets().unwrap(),
+                vec![b"b".to_vec(), b"five".to_vec()]
+            );
+            assert_eq!(store.tombstone_count().unwrap(), 2);
+            let read = store.get(b"b", b"k2").unwrap().unwrap();
+            assert_eq!(read.siblings[0].content.value, b"v");
+            // Writes go on from the moved records.
+            store
+                .put(b"b", b"k2", &read.version, content("w"), PUT)
+                .unwrap();
+            let incremental = roots(&store);
+            store.rebuild_trees().unwrap();
+            assert_eq!(roots(&store), incremental);
+        }
     }
 
     #[test]

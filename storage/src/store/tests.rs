@@ -174,6 +174,8 @@ fn deletes_leave_a_tombstone_hidden_from_listings(sync: SyncPolicy) {
             true
         })
         .unwrap();
+    // In placement order, which is not the keys' order.
+    stored.sort();
     assert_eq!(
         stored,
         vec![
@@ -246,16 +248,21 @@ fn listings_are_complete_ordered_and_paged(sync: SyncPolicy) {
             break;
         }
     }
+    // Pages follow the placement order, as `keys` streams them.
+    let streamed: Vec<Vec<u8>> = store.keys(b"a").unwrap().map(Result::unwrap).collect();
+    assert_eq!(paged, streamed);
+    paged.sort();
     assert_eq!(paged, store.list_keys(b"a").unwrap());
     assert_eq!(
         store.list_keys_page(b"a", Some(b""), 1000).unwrap().keys,
-        paged
+        streamed
     );
     assert!(matches!(
         store.list_keys_page(b"a", Some(&[b'k'; 70_000]), 10),
         Err(StoreError::KeyTooLarge { .. })
     ));
-    let streamed: Vec<Vec<u8>> = store.keys(b"zz").unwrap().map(Result::unwrap).collect();
+    let mut streamed: Vec<Vec<u8>> = store.keys(b"zz").unwrap().map(Result::unwrap).collect();
+    streamed.sort();
     assert_eq!(streamed, store.list_keys(b"zz").unwrap());
     assert_eq!(store.objects().count(), 5 * 25 + 1);
 }
@@ -654,11 +661,22 @@ fn corrupt_records_are_errors_not_panics(sync: SyncPolicy) {
     store
         .put(b"b", b"good", &VersionVector::new(), content("v"), PUT)
         .unwrap();
-    // Bytes the store never writes, planted under its key layout.
+    // Bytes the store never writes, planted under its key layout: a good
+    // entry before a bad object record, and a bad entry.
+    let mut bad = vec![3u8, 0, 0, 0, 0, 0, 0, 0, 0];
+    bad.extend_from_slice(&[9, 0, 1, 2]);
     store
         .objects
-        .insert(layout::object_key(b"b", b"bad"), vec![9, 0, 1, 2])
+        .insert(store.locate(b"b", b"bad").placed, bad)
         .unwrap();
+    store
+        .objects
+        .insert(store.locate(b"b", b"worse").placed, vec![0u8, 1])
+        .unwrap();
+    assert!(matches!(
+        store.get(b"b", b"worse"),
+        Err(StoreError::Corrupt { .. })
+    ));
     store.props.insert(b"p".as_slice(), vec![1, 0xff]).unwrap();
     assert!(matches!(
         store.get(b"b", b"bad"),
@@ -689,9 +707,11 @@ fn corrupt_records_are_errors_not_panics(sync: SyncPolicy) {
     assert_eq!(store.bucket_props(b"q").unwrap(), None);
     assert!(store.get(b"b", b"good").unwrap().is_some());
     // A malformed store key (empty bucket) is caught too.
+    let mut value = vec![3u8, 0, 0, 0, 0, 0, 0, 0, 0];
+    value.extend_from_slice(&encode_object(&foreign_object(1, "v")));
     store
         .objects
-        .insert(vec![0u8, 0, b'k'], encode_object(&foreign_object(1, "v")))
+        .insert(vec![0u8, 0, 0, 0, 0, 0, 0, 0, b'k'], value)
         .unwrap();
     assert!(
         store
