@@ -5,12 +5,14 @@
 //!
 //! Every object is stored under its placed key (see [`crate::layout`]):
 //!
-//! `partition (u32 BE) ++ segment (u16 BE) ++ name key`,
+//! `hash prefix (u32 BE) ++ name key`,
 //!
-//! and its stored value starts with its [`IndexEntry`] (the bucket's
-//! `n_val` and the object's digest) before the object record. Sorting by
-//! partition and segment makes "the keys of segment s" and "the keys of
-//! partition p" prefix scans of the objects themselves, which is what
+//! where the hash prefix is the top 32 bits of the key's hash, whose own
+//! top bits are the key's partition and then its segment; its stored value
+//! starts with its [`IndexEntry`] (the bucket's `n_val` and the object's
+//! digest) before the object record. Sorting by the hash prefix sorts by
+//! partition and segment, so "the keys of segment s" and "the keys of
+//! partition p" are range scans of the objects themselves, which is what
 //! exchanges and ownership transfer read, and the entry lets a segment be
 //! listed without decoding a single object. There is no separate index to
 //! keep in step with the objects: each object carries its own entry, written
@@ -37,7 +39,7 @@ use crate::merkle::{self, Tree, TreeId};
 /// Bytes of an entry at the start of a stored value.
 pub(crate) const ENTRY_SIZE_BYTES: usize = 9;
 /// Bytes of a placed key before the name key.
-pub(crate) const PLACED_KEY_PREFIX_SIZE_BYTES: usize = 6;
+pub(crate) const PLACED_KEY_PREFIX_SIZE_BYTES: usize = 4;
 
 /// What the trees know of one stored object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +52,14 @@ pub(crate) struct IndexEntry {
     pub(crate) size_bytes: u32,
 }
 
-/// Where a key sits in the trees.
+/// Where a key sits in the trees, and in the store's key order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Placement {
     pub(crate) partition: u32,
     pub(crate) segment: u16,
+    /// The top 32 bits of the key's hash: its partition's bits, then its
+    /// segment's, then more of the hash. A placed key starts with them.
+    pub(crate) hash_prefix: u32,
 }
 
 impl Placement {
@@ -63,41 +68,69 @@ impl Placement {
         Placement {
             partition: merkle::partition_of_hash(hash, partition_bits),
             segment: merkle::segment_of_hash(hash, partition_bits),
+            hash_prefix: (hash >> 32) as u32,
+        }
+    }
+
+    /// The placement a key's hash prefix stands for.
+    fn of_prefix(hash_prefix: u32, partition_bits: u32) -> Placement {
+        let hash = u64::from(hash_prefix) << 32;
+        Placement {
+            partition: merkle::partition_of_hash(hash, partition_bits),
+            segment: merkle::segment_of_hash(hash, partition_bits),
+            hash_prefix,
         }
     }
 }
 
 /// The placed key of a name key.
+///
+/// It starts with the key's hash prefix rather than its partition and
+/// segment as separate fields: the order is the same (they are the prefix's
+/// top bits), and the first four bytes then differ between nearly any two
+/// keys, so fjall's keys (which keep their first four bytes inline) compare
+/// without following a pointer.
 pub(crate) fn placed_key(placement: Placement, name_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + name_key.len());
-    out.extend_from_slice(&placement.partition.to_be_bytes());
-    out.extend_from_slice(&placement.segment.to_be_bytes());
+    out.extend_from_slice(&placement.hash_prefix.to_be_bytes());
     out.extend_from_slice(name_key);
     out
 }
 
-/// The prefix of every placed key of `partition` (and `segment`).
-pub(crate) fn placed_prefix(partition: u32, segment: Option<u16>) -> Vec<u8> {
-    let mut out = partition.to_be_bytes().to_vec();
-    if let Some(segment) = segment {
-        out.extend_from_slice(&segment.to_be_bytes());
-    }
-    out
+/// The range of placed keys of `partition` (and `segment`): from the
+/// lower bound (inclusive) to the upper bound (exclusive; `None`: the end).
+pub(crate) fn placed_range(
+    partition: u32,
+    segment: Option<u16>,
+    partition_bits: u32,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    // The hash prefix's top bits, then zeros: the first key of the range.
+    let (top, bits) = match segment {
+        Some(segment) => (
+            (u64::from(partition) << merkle::SEGMENT_BITS) | u64::from(segment),
+            partition_bits + merkle::SEGMENT_BITS,
+        ),
+        None => (u64::from(partition), partition_bits),
+    };
+    let shift = 32 - bits;
+    let lower = top << shift;
+    let upper = (top + 1) << shift;
+    // Both fit 32 bits, except the upper bound of the last range.
+    let to_key = |v: u64| u32::try_from(v).ok().map(|v| v.to_be_bytes().to_vec());
+    (
+        to_key(lower).expect("a partition and segment fit the hash prefix"),
+        to_key(upper),
+    )
 }
 
 /// Splits a placed key into its placement and name key.
-pub(crate) fn split_placed_key(placed_key: &[u8]) -> Option<(Placement, &[u8])> {
-    let (partition, rest) = placed_key.split_first_chunk::<4>()?;
-    let (segment, name_key) = rest.split_first_chunk::<2>()?;
-    let segment = u16::from_be_bytes(*segment);
-    if usize::from(segment) >= merkle::SEGMENTS {
-        return None;
-    }
+pub(crate) fn split_placed_key(
+    placed_key: &[u8],
+    partition_bits: u32,
+) -> Option<(Placement, &[u8])> {
+    let (prefix, name_key) = placed_key.split_first_chunk::<PLACED_KEY_PREFIX_SIZE_BYTES>()?;
     Some((
-        Placement {
-            partition: u32::from_be_bytes(*partition),
-            segment,
-        },
+        Placement::of_prefix(u32::from_be_bytes(*prefix), partition_bits),
         name_key,
     ))
 }
@@ -267,14 +300,37 @@ mod tests {
         value[0] = 0;
         assert!(decode_entry(name, &value).is_err());
         assert!(decode_entry(name, &[1, 3]).is_err());
-        let placement = Placement {
-            partition: 7,
-            segment: 1023,
-        };
+        // 16 partitions: 4 bits of partition, 10 of segment, 18 more.
+        let placement = Placement::of(b"b", b"k", 4);
         let key = placed_key(placement, b"\0\x01bk");
-        assert_eq!(split_placed_key(&key), Some((placement, &b"\0\x01bk"[..])));
-        assert!(key.starts_with(&placed_prefix(7, Some(1023))));
-        assert_eq!(split_placed_key(&[0, 0, 0, 1, 0xff, 0xff, 1]), None);
-        assert_eq!(split_placed_key(&[0, 0]), None);
+        assert_eq!(
+            split_placed_key(&key, 4),
+            Some((placement, &b"\0\x01bk"[..]))
+        );
+        assert_eq!(split_placed_key(&[0, 0], 4), None);
+        for (partition, segment) in [
+            (0u32, None),
+            (7, Some(1023u16)),
+            (15, Some(1023)),
+            (15, None),
+        ] {
+            let (lower, upper) = placed_range(partition, segment, 4);
+            let (at, _) = split_placed_key(&lower, 4).unwrap();
+            assert_eq!(at.partition, partition);
+            assert!(segment.is_none_or(|s| s == at.segment));
+            match upper {
+                Some(upper) => {
+                    let last = u32::from_be_bytes(upper[..].try_into().unwrap()) - 1;
+                    let (at, _) = split_placed_key(&last.to_be_bytes(), 4).unwrap();
+                    assert_eq!(at.partition, partition);
+                    assert!(segment.is_none_or(|s| s == at.segment));
+                    assert!(segment.is_some() || at.segment == 1023);
+                }
+                None => assert_eq!(partition, 15),
+            }
+        }
+        // The key's own range holds it.
+        let (lower, upper) = placed_range(placement.partition, Some(placement.segment), 4);
+        assert!(key >= lower && upper.is_none_or(|u| key < u));
     }
 }

@@ -1111,7 +1111,9 @@ impl Store {
     /// Where `bucket`/`key` is stored.
     fn locate(&self, bucket: &[u8], key: &[u8]) -> Located {
         let placement = Placement::of(bucket, key, self.partition_bits);
-        let mut placed = aae::placed_prefix(placement.partition, Some(placement.segment));
+        let mut placed =
+            Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + 2 + bucket.len() + key.len());
+        placed.extend_from_slice(&placement.hash_prefix.to_be_bytes());
         layout::extend_object_key(&mut placed, bucket, key);
         Located { placement, placed }
     }
@@ -1367,8 +1369,9 @@ fn split_key(name_key: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
 /// Splits a placed key read from disk into (bucket, key), or reports it
 /// corrupt.
 fn split_placed(placed: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
-    aae::split_placed_key(placed)
-        .and_then(|(_, name_key)| split_object_key(name_key))
+    placed
+        .get(PLACED_KEY_PREFIX_SIZE_BYTES..)
+        .and_then(split_object_key)
         .ok_or_else(|| StoreError::Corrupt {
             record: format!("placed key {}", escape(placed)),
             reason: "malformed placed key".into(),

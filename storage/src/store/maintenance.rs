@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::layout::prefix_successor;
 
 /// Most records a maintenance scan reads per second.
 pub const MAINTENANCE_RECORDS_PER_S_MAX: u64 = 200_000;
@@ -137,10 +136,13 @@ impl Store {
             if usize::from(segment) >= merkle::SEGMENTS {
                 continue;
             }
-            for guard in self
-                .objects
-                .prefix(aae::placed_prefix(id.partition, Some(segment)))
-            {
+            let (lower, upper) =
+                aae::placed_range(id.partition, Some(segment), self.partition_bits);
+            let range = match upper {
+                Some(upper) => self.objects.range(lower..upper),
+                None => self.objects.range(lower..),
+            };
+            for guard in range {
                 let (placed, value) = guard.into_inner()?;
                 if let Some(k) = key_digest(id, &placed, &value)? {
                     out.push(k);
@@ -160,12 +162,17 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<KeyDigest>, Option<Vec<u8>>), StoreError> {
         use std::ops::Bound;
-        let prefix = aae::placed_prefix(id.partition, None);
+        let (first, end) = aae::placed_range(id.partition, None, self.partition_bits);
         let lower = match start_after {
-            Some(cursor) if cursor.starts_with(&prefix) => Bound::Excluded(cursor.to_vec()),
-            _ => Bound::Included(prefix.clone()),
+            Some(cursor)
+                if cursor >= first.as_slice()
+                    && end.as_ref().is_none_or(|e| cursor < e.as_slice()) =>
+            {
+                Bound::Excluded(cursor.to_vec())
+            }
+            _ => Bound::Included(first),
         };
-        let upper = match prefix_successor(&prefix) {
+        let upper = match end {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
@@ -354,11 +361,13 @@ impl Store {
         let mut corrupt = 0u64;
         for guard in snapshot.iter(&self.objects) {
             let (placed, value) = guard.into_inner()?;
-            let parsed = aae::split_placed_key(&placed).and_then(|(placement, name_key)| {
-                let (bucket, key) = split_object_key(name_key)?;
-                let (entry, _) = aae::decode_entry(ObjectRecord(bucket, key), &value).ok()?;
-                Some((entry, placement, bucket, key))
-            });
+            let parsed = aae::split_placed_key(&placed, self.partition_bits).and_then(
+                |(placement, name_key)| {
+                    let (bucket, key) = split_object_key(name_key)?;
+                    let (entry, _) = aae::decode_entry(ObjectRecord(bucket, key), &value).ok()?;
+                    Some((entry, placement, bucket, key))
+                },
+            );
             match parsed {
                 Some((entry, placement, bucket, key)) => {
                     self.trees.fold(bucket, key, placement, entry);
@@ -416,7 +425,7 @@ impl Store {
         for guard in snapshot.iter(&self.objects) {
             let (placed, _) = guard.into_inner()?;
             pace.tick();
-            let Some((_, name_key)) = aae::split_placed_key(&placed) else {
+            let Some(name_key) = placed.get(aae::PLACED_KEY_PREFIX_SIZE_BYTES..) else {
                 continue;
             };
             if !name_key.starts_with(&prefix) {

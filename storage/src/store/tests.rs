@@ -711,7 +711,7 @@ fn corrupt_records_are_errors_not_panics(sync: SyncPolicy) {
     value.extend_from_slice(&encode_object(&foreign_object(1, "v")));
     store
         .objects
-        .insert(vec![0u8, 0, 0, 0, 0, 0, 0, 0, b'k'], value)
+        .insert(vec![0u8, 0, 0, 0, 0, 0, b'k'], value)
         .unwrap();
     assert!(
         store
