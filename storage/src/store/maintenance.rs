@@ -792,7 +792,7 @@ mod tests {
             .put(b"b", b"live", &dead.object.version, content("again"), PUT)
             .unwrap();
         assert_eq!(store.tombstone_count().unwrap(), 0);
-        // Rebuilding from the index gives the same trees as the updates did.
+        // Rebuilding from the stored entries gives the same trees as the updates did.
         let incremental = roots(&store);
         store.rebuild_trees().unwrap();
         assert_eq!(incremental, roots(&store));
