@@ -65,11 +65,7 @@ pub(crate) struct Placement {
 impl Placement {
     pub(crate) fn of(bucket: &[u8], key: &[u8], partition_bits: u32) -> Placement {
         let hash = merkle::key_hash(bucket, key);
-        Placement {
-            partition: merkle::partition_of_hash(hash, partition_bits),
-            segment: merkle::segment_of_hash(hash, partition_bits),
-            hash_prefix: (hash >> 32) as u32,
-        }
+        Placement::of_prefix((hash >> 32) as u32, partition_bits)
     }
 
     /// The placement a key's hash prefix stands for.
@@ -83,6 +79,11 @@ impl Placement {
     }
 }
 
+/// The name key at the tail of a placed key; `None` if it is too short.
+pub(crate) fn name_key(placed_key: &[u8]) -> Option<&[u8]> {
+    placed_key.get(PLACED_KEY_PREFIX_SIZE_BYTES..)
+}
+
 /// The placed key of a name key.
 ///
 /// It starts with the key's hash prefix rather than its partition and
@@ -94,6 +95,15 @@ pub(crate) fn placed_key(placement: Placement, name_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + name_key.len());
     out.extend_from_slice(&placement.hash_prefix.to_be_bytes());
     out.extend_from_slice(name_key);
+    out
+}
+
+/// The placed key of `bucket`/`key`, built in one buffer (the name key
+/// without an allocation of its own).
+pub(crate) fn placed_key_of(placement: Placement, bucket: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + 2 + bucket.len() + key.len());
+    out.extend_from_slice(&placement.hash_prefix.to_be_bytes());
+    crate::layout::extend_object_key(&mut out, bucket, key);
     out
 }
 

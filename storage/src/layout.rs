@@ -169,15 +169,23 @@ impl RecordName for ObjectRecord<'_> {
 /// Asserts the dvv invariants first: writing a malformed object would turn a
 /// bug into corruption on disk.
 pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
+    encode_object_after(object, Vec::new())
+}
+
+/// Appends the object record of `object` to `out` (empty, or a placed
+/// value's entry) and returns it; see [`encode_object`].
+fn encode_object_after(object: &Object, out: Vec<u8>) -> Vec<u8> {
     assert!(
         object.is_well_formed(),
         "refusing to store a malformed object: {object:?}"
     );
+    let start = out.len();
     let flags = if object.is_deleted() { FLAG_DELETED } else { 0 };
-    let out = postcard::to_extend(object, vec![OBJECT_FORMAT, flags])
-        .expect("encoding an object into memory cannot fail");
+    let mut out = out;
+    out.extend_from_slice(&[OBJECT_FORMAT, flags]);
+    let out = postcard::to_extend(object, out).expect("encoding an object into memory cannot fail");
     debug_assert_eq!(
-        decode_object("just encoded", &out).ok().as_ref(),
+        decode_object("just encoded", &out[start..]).ok().as_ref(),
         Some(object)
     );
     out
@@ -188,24 +196,9 @@ pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
 /// Returns the value and the entry.
 pub(crate) fn encode_placed(object: &Object, n_val: u8) -> (Vec<u8>, crate::aae::IndexEntry) {
     use crate::aae::{ENTRY_SIZE_BYTES, IndexEntry, encode_entry};
-    assert!(
-        object.is_well_formed(),
-        "refusing to store a malformed object: {object:?}"
-    );
-    let flags = if object.is_deleted() { FLAG_DELETED } else { 0 };
-    let mut out = vec![0u8; ENTRY_SIZE_BYTES];
-    out.push(OBJECT_FORMAT);
-    out.push(flags);
-    let mut out =
-        postcard::to_extend(object, out).expect("encoding an object into memory cannot fail");
+    let mut out = encode_object_after(object, vec![0u8; ENTRY_SIZE_BYTES]);
     let digest = crate::merkle::object_digest(object);
     encode_entry(n_val, digest, &mut out);
-    debug_assert_eq!(
-        decode_object("just encoded", &out[ENTRY_SIZE_BYTES..])
-            .ok()
-            .as_ref(),
-        Some(object)
-    );
     let entry = IndexEntry {
         n_val,
         digest,

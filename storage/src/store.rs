@@ -47,7 +47,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fjall::{KeyspaceCreateOptions, Readable};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use crate::aae::{self, IndexEntry, PLACED_KEY_PREFIX_SIZE_BYTES, Placement, Trees};
+use crate::aae::{self, IndexEntry, Placement, Trees};
 
 use crate::commit::{DEFAULT_FSYNC_SPACING, SyncPolicy, Syncer};
 use crate::dvv::{Content, Dot, DvvError, Object, VersionVector};
@@ -1111,10 +1111,7 @@ impl Store {
     /// Where `bucket`/`key` is stored.
     fn locate(&self, bucket: &[u8], key: &[u8]) -> Located {
         let placement = Placement::of(bucket, key, self.partition_bits);
-        let mut placed =
-            Vec::with_capacity(PLACED_KEY_PREFIX_SIZE_BYTES + 2 + bucket.len() + key.len());
-        placed.extend_from_slice(&placement.hash_prefix.to_be_bytes());
-        layout::extend_object_key(&mut placed, bucket, key);
+        let placed = aae::placed_key_of(placement, bucket, key);
         Located { placement, placed }
     }
 
@@ -1231,13 +1228,7 @@ impl Store {
 
     /// The `n_val` the trees file `bucket`'s keys under.
     fn n_val(&self, bucket: &[u8]) -> u8 {
-        n_val_byte(
-            self.props_cache
-                .read()
-                .get(bucket)
-                .and_then(Option::as_ref)
-                .map_or(BucketProps::default().n_val, |p| p.n_val),
-        )
+        n_val_in(&self.props_cache.read(), bucket)
     }
 
     /// Makes a new dot ceiling durable before any counter below it leaves,
@@ -1327,6 +1318,17 @@ impl Store {
     }
 }
 
+/// The `n_val` the trees file `bucket`'s keys under, given every bucket's
+/// stored properties.
+fn n_val_in(props: &HashMap<Vec<u8>, Option<BucketProps>>, bucket: &[u8]) -> u8 {
+    n_val_byte(
+        props
+            .get(bucket)
+            .and_then(Option::as_ref)
+            .map_or(BucketProps::default().n_val, |p| p.n_val),
+    )
+}
+
 /// `n_val` as an entry stores it; validated props keep it within 1..=16.
 fn n_val_byte(n_val: u32) -> u8 {
     u8::try_from(n_val.clamp(1, crate::props::N_VAL_MAX)).expect("N_VAL_MAX fits a byte")
@@ -1369,8 +1371,7 @@ fn split_key(name_key: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
 /// Splits a placed key read from disk into (bucket, key), or reports it
 /// corrupt.
 fn split_placed(placed: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
-    placed
-        .get(PLACED_KEY_PREFIX_SIZE_BYTES..)
+    aae::name_key(placed)
         .and_then(split_object_key)
         .ok_or_else(|| StoreError::Corrupt {
             record: format!("placed key {}", escape(placed)),
@@ -1393,7 +1394,7 @@ struct Located {
 
 impl Located {
     fn name_key(&self) -> &[u8] {
-        &self.placed[PLACED_KEY_PREFIX_SIZE_BYTES..]
+        aae::name_key(&self.placed).expect("built by `Store::locate`")
     }
 }
 
@@ -1417,14 +1418,6 @@ fn migrate_legacy_objects(
 ) -> Result<(), StoreError> {
     use std::ops::Bound;
     let started = std::time::Instant::now();
-    let n_val_of = |bucket: &[u8]| {
-        n_val_byte(
-            props
-                .get(bucket)
-                .and_then(Option::as_ref)
-                .map_or(BucketProps::default().n_val, |p| p.n_val),
-        )
-    };
     let mut moved = 0u64;
     let mut corrupt = 0u64;
     let mut after: Option<Vec<u8>> = None;
@@ -1461,7 +1454,7 @@ fn migrate_legacy_objects(
             };
             let placement = Placement::of(bucket, key, partition_bits);
             let mut value = vec![0u8; aae::ENTRY_SIZE_BYTES];
-            aae::encode_entry(n_val_of(bucket), digest, &mut value);
+            aae::encode_entry(n_val_in(props, bucket), digest, &mut value);
             value.extend_from_slice(&record);
             batch.insert(placed, aae::placed_key(placement, &name_key), value);
             batch.remove(&legacy, name_key.to_vec());
@@ -1514,9 +1507,8 @@ impl Iterator for Keys {
                 .into_inner()
                 .map_err(StoreError::from)
                 .and_then(|(placed, value)| {
-                    let ours = placed
-                        .get(PLACED_KEY_PREFIX_SIZE_BYTES..)
-                        .is_some_and(|name| name.starts_with(&self.prefix));
+                    let ours =
+                        aae::name_key(&placed).is_some_and(|name| name.starts_with(&self.prefix));
                     if !ours {
                         return Ok(None);
                     }

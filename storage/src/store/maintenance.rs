@@ -425,7 +425,7 @@ impl Store {
         for guard in snapshot.iter(&self.objects) {
             let (placed, _) = guard.into_inner()?;
             pace.tick();
-            let Some(name_key) = placed.get(aae::PLACED_KEY_PREFIX_SIZE_BYTES..) else {
+            let Some(name_key) = aae::name_key(&placed) else {
                 continue;
             };
             if !name_key.starts_with(&prefix) {
