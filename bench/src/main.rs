@@ -235,7 +235,7 @@ async fn measure(load: &Load, cluster: Option<&Cluster>) -> anyhow::Result<Vec<L
             format!("cluster#{round}"),
             cluster.targets.clone(),
             cluster.failover,
-            load.clone(),
+            round_load(load, round),
             generator.clone(),
         );
         spec.watch_pids = cluster.watch_pids.clone();
@@ -250,6 +250,23 @@ async fn measure(load: &Load, cluster: Option<&Cluster>) -> anyhow::Result<Vec<L
         });
     }
     Ok(runs)
+}
+
+/// The load of round `round` (from 1) of `--repeat`: its own seed, so a
+/// round draws other keys than the rounds before it instead of replaying
+/// them (a replayed blind write would overwrite, or with `allow_mult` add
+/// a sibling to, every key the round before wrote).
+fn round_load(load: &Load, round: u32) -> Load {
+    Load {
+        seed: load.seed.wrapping_add(u64::from(round) - 1),
+        ..load.clone()
+    }
+}
+
+/// The seed of a warm-up before a run drawing with `seed`: another one, so
+/// the run does not begin by rewriting the keys its warm-up wrote.
+fn warmup_seed(seed: u64) -> u64 {
+    !seed
 }
 
 /// The load of a ceiling run: closed loop whatever the cluster run does,
@@ -285,6 +302,7 @@ async fn measured(spec: &Run) -> anyhow::Result<RunResult> {
     if !spec.load.warmup.is_zero() {
         let mut warmup = spec.clone();
         warmup.label = format!("{} warm-up", spec.label);
+        warmup.load.seed = warmup_seed(spec.load.seed);
         warmup.load.stop = Stop::Duration(spec.load.warmup);
         warmup.progress = false;
         warmup.watch_pids.clear();
@@ -436,4 +454,29 @@ fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: report written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Load {
+        let cli = Cli::try_parse_from(["bench", "run"].iter().chain(args)).expect("arguments");
+        match cli.command {
+            Command::Run { load, .. } => load.validate().expect("a valid load"),
+            Command::Ceiling { .. } => unreachable!("parsed a run"),
+        }
+    }
+
+    #[test]
+    fn each_round_and_warm_up_draws_with_a_seed_of_its_own() {
+        let load = load(&["--seed", "7", "--repeat", "3"]);
+        let seeds: Vec<u64> = (1..=3).map(|round| round_load(&load, round).seed).collect();
+        // The first round is what a single run with the same seed draws.
+        assert_eq!(seeds, [7, 8, 9]);
+        for &seed in &seeds {
+            assert!(!seeds.contains(&warmup_seed(seed)));
+        }
+        assert_eq!(round_load(&load, 2).keys, load.keys);
+    }
 }

@@ -92,7 +92,10 @@ pub struct LoadArgs {
     /// Async runtime worker threads in the bench process.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Seed of the key and operation choice (default: fixed, for repeatable runs).
+    /// Seed of the key and operation choice (default: fixed, for repeatable
+    /// runs). Round `r` of `--repeat` draws with `seed + r - 1` and a
+    /// warm-up with its run's seed inverted, so no run replays the keys of
+    /// another (with `allow_mult`, a replayed blind write is a sibling).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Write the full report (every run, its timeline and samples) as JSON.
