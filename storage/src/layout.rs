@@ -174,14 +174,13 @@ pub(crate) fn encode_object(object: &Object) -> Vec<u8> {
 
 /// Appends the object record of `object` to `out` (empty, or a placed
 /// value's entry) and returns it; see [`encode_object`].
-fn encode_object_after(object: &Object, out: Vec<u8>) -> Vec<u8> {
+fn encode_object_after(object: &Object, mut out: Vec<u8>) -> Vec<u8> {
     assert!(
         object.is_well_formed(),
         "refusing to store a malformed object: {object:?}"
     );
     let start = out.len();
     let flags = if object.is_deleted() { FLAG_DELETED } else { 0 };
-    let mut out = out;
     out.extend_from_slice(&[OBJECT_FORMAT, flags]);
     let out = postcard::to_extend(object, out).expect("encoding an object into memory cannot fail");
     debug_assert_eq!(
