@@ -10,7 +10,10 @@
 //! closed without an answer, since a handshake is what overload cannot
 //! afford), a request beyond `requests_in_flight_max` or one whose body does
 //! not fit the body budget gets `503` with `Retry-After` (see
-//! [`crate::limits`]).
+//! [`crate::limits`]). A request refused before its body was read still has
+//! its body read (within the same limits) before the answer, so that its
+//! connection can carry the next request; when that cannot be done the
+//! answer says `Connection: close`.
 //!
 //! Request ids: every response of [`handle`], errors and overload
 //! included, carries the request's id in `X-Request-Id` (see
@@ -31,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -348,14 +351,16 @@ async fn answer<B: Backend>(
     let m = &state.metrics;
     m.requests_total.fetch_add(1, Ordering::Relaxed);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let response = match state.requests.try_acquire() {
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(body, &parts.headers);
+    let mut response = match state.requests.try_acquire() {
         Err(_) => {
             m.requests_overloaded_total.fetch_add(1, Ordering::Relaxed);
             response::error(overloaded("every request slot is taken"))
         }
         Ok(_slot) => {
             m.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-            let answer = AssertUnwindSafe(dispatch(state, req, is_tls))
+            let answer = AssertUnwindSafe(dispatch(state, &parts, &mut body, is_tls))
                 .catch_unwind()
                 .await;
             m.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -394,15 +399,20 @@ async fn answer<B: Backend>(
     };
     class.fetch_add(1, Ordering::Relaxed);
     debug!(%method, %path, status = response.status().as_u16(), "request");
+    if !body.finish(&state.config).await {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
 async fn dispatch<B: Backend>(
     state: &State<B>,
-    req: Request<Incoming>,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
     is_tls: bool,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let Some(found) = routes::find(path)? else {
         return Err(ApiError::not_found(format!("no such resource: {path}")));
@@ -428,7 +438,7 @@ async fn dispatch<B: Backend>(
         auth.check(&needed, headers, is_tls).await?;
     }
     if found.spec.resource == Resource::Admin {
-        let (body, _reserved) = read_body(state, body, headers).await?;
+        let (body, _reserved) = read_body(state, body).await?;
         let request = AdminRequest {
             method: parts.method.clone(),
             path: path.to_owned(),
@@ -463,7 +473,7 @@ async fn dispatch<B: Backend>(
             match parts.method {
                 Method::PUT => {
                     props::require_json(headers)?;
-                    let (body, _reserved) = read_body(state, body, headers).await?;
+                    let (body, _reserved) = read_body(state, body).await?;
                     props::put(backend, &bucket, &body).await
                 }
                 Method::DELETE => props::reset(backend, &bucket).await,
@@ -487,7 +497,7 @@ async fn dispatch<B: Backend>(
             _ => {
                 let prepared =
                     object::prepare_put(backend, config, target(), &query, headers, false).await?;
-                let (value, _reserved) = read_body(state, body, headers).await?;
+                let (value, _reserved) = read_body(state, body).await?;
                 object::put(backend, prepared, value, headers).await
             }
         },
@@ -515,12 +525,12 @@ async fn create<B: Backend>(
     target: Target,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let backend = &*state.backend;
     let prepared =
         object::prepare_put(backend, &state.config, target, query, headers, true).await?;
-    let (value, _reserved) = read_body(state, body, headers).await?;
+    let (value, _reserved) = read_body(state, body).await?;
     object::put(backend, prepared, value, headers).await
 }
 
@@ -563,17 +573,15 @@ fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<
 /// returned [`Reservation`] is dropped. A declared length above the limit is
 /// refused (`413`) before reading anything, as is one that does not fit the
 /// budget (`503`); a chunked body is refused as soon as it passes either.
-/// A body that does not arrive in time is `408`.
+/// A body that does not arrive in time is `408`. After any of these the
+/// body is abandoned: the answer closes the connection.
 async fn read_body<B>(
     state: &State<B>,
-    mut body: Incoming,
-    headers: &HeaderMap,
+    slot: &mut RequestBody,
 ) -> Result<(Bytes, Reservation), ApiError> {
+    let mut body = slot.take()?;
     let size_bytes_max = state.config.body_size_bytes_max;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = slot.declared;
     let too_large = || {
         ApiError::too_large(format!(
             "the request body is larger than the limit of {size_bytes_max} bytes"
@@ -612,7 +620,10 @@ async fn read_body<B>(
     };
     let timeout = state.config.body_read_timeout;
     match tokio::time::timeout(timeout, collect).await {
-        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Ok(bytes)) => {
+            slot.state = BodyState::Read;
+            Ok((bytes, reservation))
+        }
         Ok(Err(err)) => Err(err),
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -621,5 +632,97 @@ async fn read_body<B>(
                 timeout.as_millis()
             ),
         )),
+    }
+}
+
+/// A request's body from the arrival of its head to the answer.
+///
+/// A handler that refuses a request before it needs the body (a bad query,
+/// a stale context, a failed authentication) leaves the body unread. hyper
+/// then closes the connection after the answer without saying so, and a
+/// client that sends its next request on it finds it dead; a body still
+/// arriving meets a reset that can destroy the answer in flight. So
+/// [`RequestBody::finish`] reads and drops an unread body before the answer
+/// goes out, within the limits a body that is kept must meet; only when
+/// that is not possible does the answer say `Connection: close`.
+struct RequestBody {
+    state: BodyState,
+    /// The client waits for `100 Continue` before it sends the body; a
+    /// refused request should not invite it.
+    expects_continue: bool,
+    /// The `Content-Length`, if it is one.
+    declared: Option<u64>,
+}
+
+enum BodyState {
+    /// No handler has touched it (it may be empty).
+    Unread(Incoming),
+    /// Read to its end.
+    Read,
+    /// Taken by a reader that did not reach its end.
+    Abandoned,
+}
+
+impl RequestBody {
+    fn new(body: Incoming, headers: &HeaderMap) -> RequestBody {
+        RequestBody {
+            state: BodyState::Unread(body),
+            expects_continue: headers
+                .get(EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            declared: headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// The body, for a reader that sets [`BodyState::Read`] once it has
+    /// reached the end; until then the body counts as abandoned.
+    fn take(&mut self) -> Result<Incoming, ApiError> {
+        match std::mem::replace(&mut self.state, BodyState::Abandoned) {
+            BodyState::Unread(body) => Ok(body),
+            _ => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the request body was read twice",
+            )),
+        }
+    }
+
+    /// Reads and drops what no handler read, at most `body_size_bytes_max`
+    /// bytes within `body_read_timeout`. Says whether the connection can
+    /// carry another request.
+    async fn finish(&mut self, config: &ServeConfig) -> bool {
+        let size_bytes_max = config.body_size_bytes_max;
+        let mut body = match std::mem::replace(&mut self.state, BodyState::Read) {
+            BodyState::Read => return true,
+            BodyState::Abandoned => return false,
+            BodyState::Unread(body) if body.is_end_stream() => return true,
+            BodyState::Unread(_) if self.expects_continue => return false,
+            BodyState::Unread(_)
+                if self.declared.is_some_and(|len| len > size_bytes_max as u64) =>
+            {
+                return false;
+            }
+            BodyState::Unread(body) => body,
+        };
+        let drain = async {
+            let mut size_bytes = 0;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return false;
+                };
+                if let Some(data) = frame.data_ref() {
+                    size_bytes += data.len();
+                    if size_bytes > size_bytes_max {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        tokio::time::timeout(config.body_read_timeout, drain)
+            .await
+            .unwrap_or(false)
     }
 }

@@ -421,3 +421,86 @@ async fn bad_requests_get_4xx_with_a_message_and_the_server_stays_up() {
     let now = server.get(KEY).await;
     assert_eq!((now.status, now.text().as_str()), (200, "v2"));
 }
+
+/// Reads one answer off a keep-alive connection: its head, lower-cased,
+/// and its body (framed by `Content-Length`).
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if bytes.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]);
+                    return (head, body.into_owned());
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed mid-answer: {bytes:?}");
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("an answer within 5 s")
+}
+
+/// A request refused before its body is read (here for its query) still
+/// has its body read, so the connection carries the next request; a body
+/// that could never be read in full, or that the client waits to be
+/// invited to send, is not: the answer says `Connection: close`.
+#[tokio::test]
+async fn a_refused_request_leaves_its_connection_usable_or_says_it_closes() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::start_with(ServeConfig {
+        body_size_bytes_max: 1024,
+        ..ServeConfig::default()
+    })
+    .await;
+    let put_head = |length: usize, extra: &str| {
+        format!(
+            "PUT {KEY}?w=most HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+             Content-Length: {length}\r\n{extra}\r\n"
+        )
+    };
+    // The body follows the head in a write of its own, a little later, as
+    // a client's body often does: the server may refuse the request before
+    // it arrives, or after. Either way the answer is the same.
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..3 {
+        stream
+            .write_all(put_head(600, "").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stream.write_all(&[b'v'; 600]).await.unwrap();
+        let (head, body) = read_answer(&mut stream).await;
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(body.contains("w"), "{body}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    stream
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    for extra in ["", "Expect: 100-continue\r\n"] {
+        let length = if extra.is_empty() { 2048 } else { 10 };
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(put_head(length, extra).as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = read_answer(&mut stream).await;
+        assert!(head.starts_with("http/1.1 400"), "{extra}: {head}");
+        assert!(head.contains("connection: close"), "{extra}: {head}");
+    }
+}
