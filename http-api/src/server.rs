@@ -352,7 +352,7 @@ async fn answer<B: Backend>(
     m.requests_total.fetch_add(1, Ordering::Relaxed);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let (parts, body) = req.into_parts();
-    let mut body = RequestBody::new(body, &parts.headers);
+    let mut body = RequestBody::new(body);
     let mut response = match state.requests.try_acquire() {
         Err(_) => {
             m.requests_overloaded_total.fetch_add(1, Ordering::Relaxed);
@@ -399,7 +399,7 @@ async fn answer<B: Backend>(
     };
     class.fetch_add(1, Ordering::Relaxed);
     debug!(%method, %path, status = response.status().as_u16(), "request");
-    if !body.finish(&state.config).await {
+    if !body.finish(&parts.headers, &state.config).await {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -438,7 +438,7 @@ async fn dispatch<B: Backend>(
         auth.check(&needed, headers, is_tls).await?;
     }
     if found.spec.resource == Resource::Admin {
-        let (body, _reserved) = read_body(state, body).await?;
+        let (body, _reserved) = read_body(state, body, headers).await?;
         let request = AdminRequest {
             method: parts.method.clone(),
             path: path.to_owned(),
@@ -473,7 +473,7 @@ async fn dispatch<B: Backend>(
             match parts.method {
                 Method::PUT => {
                     props::require_json(headers)?;
-                    let (body, _reserved) = read_body(state, body).await?;
+                    let (body, _reserved) = read_body(state, body, headers).await?;
                     props::put(backend, &bucket, &body).await
                 }
                 Method::DELETE => props::reset(backend, &bucket).await,
@@ -497,7 +497,7 @@ async fn dispatch<B: Backend>(
             _ => {
                 let prepared =
                     object::prepare_put(backend, config, target(), &query, headers, false).await?;
-                let (value, _reserved) = read_body(state, body).await?;
+                let (value, _reserved) = read_body(state, body, headers).await?;
                 object::put(backend, prepared, value, headers).await
             }
         },
@@ -530,7 +530,7 @@ async fn create<B: Backend>(
     let backend = &*state.backend;
     let prepared =
         object::prepare_put(backend, &state.config, target, query, headers, true).await?;
-    let (value, _reserved) = read_body(state, body).await?;
+    let (value, _reserved) = read_body(state, body, headers).await?;
     object::put(backend, prepared, value, headers).await
 }
 
@@ -578,10 +578,11 @@ fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<
 async fn read_body<B>(
     state: &State<B>,
     slot: &mut RequestBody,
+    headers: &HeaderMap,
 ) -> Result<(Bytes, Reservation), ApiError> {
     let mut body = slot.take()?;
     let size_bytes_max = state.config.body_size_bytes_max;
-    let declared = slot.declared;
+    let declared = declared_length(headers);
     let too_large = || {
         ApiError::too_large(format!(
             "the request body is larger than the limit of {size_bytes_max} bytes"
@@ -647,11 +648,6 @@ async fn read_body<B>(
 /// that is not possible does the answer say `Connection: close`.
 struct RequestBody {
     state: BodyState,
-    /// The client waits for `100 Continue` before it sends the body; a
-    /// refused request should not invite it.
-    expects_continue: bool,
-    /// The `Content-Length`, if it is one.
-    declared: Option<u64>,
 }
 
 enum BodyState {
@@ -664,16 +660,9 @@ enum BodyState {
 }
 
 impl RequestBody {
-    fn new(body: Incoming, headers: &HeaderMap) -> RequestBody {
+    fn new(body: Incoming) -> RequestBody {
         RequestBody {
             state: BodyState::Unread(body),
-            expects_continue: headers
-                .get(EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
-            declared: headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -690,17 +679,18 @@ impl RequestBody {
     }
 
     /// Reads and drops what no handler read, at most `body_size_bytes_max`
-    /// bytes within `body_read_timeout`. Says whether the connection can
-    /// carry another request.
-    async fn finish(&mut self, config: &ServeConfig) -> bool {
+    /// bytes within `body_read_timeout`, unless the client waits for
+    /// `100 Continue` (a refused request should not invite the body). Says
+    /// whether the connection can carry another request.
+    async fn finish(&mut self, headers: &HeaderMap, config: &ServeConfig) -> bool {
         let size_bytes_max = config.body_size_bytes_max;
         let mut body = match std::mem::replace(&mut self.state, BodyState::Read) {
             BodyState::Read => return true,
             BodyState::Abandoned => return false,
             BodyState::Unread(body) if body.is_end_stream() => return true,
-            BodyState::Unread(_) if self.expects_continue => return false,
+            BodyState::Unread(_) if expects_continue(headers) => return false,
             BodyState::Unread(_)
-                if self.declared.is_some_and(|len| len > size_bytes_max as u64) =>
+                if declared_length(headers).is_some_and(|len| len > size_bytes_max as u64) =>
             {
                 return false;
             }
@@ -725,4 +715,18 @@ impl RequestBody {
             .await
             .unwrap_or(false)
     }
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
