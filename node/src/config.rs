@@ -99,6 +99,13 @@ pub struct RawConfig {
     /// until the node restarts.
     #[arg(long, env = "STARLING_DISK_RESERVE_BYTES")]
     pub disk_reserve_bytes: Option<u64>,
+    /// Heap touched at start, before the node takes requests, in bytes
+    /// (default 192 MiB; at most half the available memory): the memory
+    /// its memtables and caches grow into, faulted in once so that the
+    /// write path does not wait for the kernel to zero fresh pages in the
+    /// node's first minutes. 0 turns it off.
+    #[arg(long, env = "STARLING_MEMORY_PREFAULT_BYTES")]
+    pub memory_prefault_bytes: Option<u64>,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "STARLING_SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
@@ -202,6 +209,7 @@ impl RawConfig {
             fsync_spacing_us: over.fsync_spacing_us.or(self.fsync_spacing_us),
             disk_reserve_bytes: over.disk_reserve_bytes.or(self.disk_reserve_bytes),
             object_size_bytes_max: over.object_size_bytes_max.or(self.object_size_bytes_max),
+            memory_prefault_bytes: over.memory_prefault_bytes.or(self.memory_prefault_bytes),
             shutdown_drain_ms: over.shutdown_drain_ms.or(self.shutdown_drain_ms),
             log_format: over.log_format.or(self.log_format),
             ring_size: over.ring_size.or(self.ring_size),
@@ -320,6 +328,8 @@ pub struct Config {
     pub limits: Limits,
     /// Free space below which the store refuses writes (0: no check).
     pub disk_reserve_bytes: u64,
+    /// Heap touched at start (see [`crate::memory`]).
+    pub memory_prefault_bytes: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_drain: Duration,
     /// Log format.
@@ -342,6 +352,10 @@ const CLUSTER_SECRET_LEN_MIN: usize = 16;
 
 /// Largest disk reserve accepted: more is surely a unit mistake.
 const DISK_RESERVE_BYTES_MAX: u64 = 1 << 40;
+
+/// The largest `memory_prefault_bytes` accepted (the node touches at most
+/// half the available memory whatever is set).
+const MEMORY_PREFAULT_BYTES_MAX: u64 = 1 << 40;
 
 impl Config {
     /// Fills defaults and validates.
@@ -401,6 +415,12 @@ impl Config {
             .unwrap_or(storage::DEFAULT_DISK_RESERVE_BYTES);
         if disk_reserve_bytes > DISK_RESERVE_BYTES_MAX {
             bail!("disk_reserve_bytes must be at most 1 TiB, got {disk_reserve_bytes}");
+        }
+        let memory_prefault_bytes = raw
+            .memory_prefault_bytes
+            .unwrap_or(crate::memory::DEFAULT_PREFAULT_BYTES);
+        if memory_prefault_bytes > MEMORY_PREFAULT_BYTES_MAX {
+            bail!("memory_prefault_bytes must be at most 1 TiB, got {memory_prefault_bytes}");
         }
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
@@ -529,6 +549,7 @@ impl Config {
             fsync_spacing,
             limits,
             disk_reserve_bytes,
+            memory_prefault_bytes,
             shutdown_drain: Duration::from_millis(shutdown_drain_ms),
             log_format,
         })
@@ -662,6 +683,9 @@ mod tests {
         );
         let off: RawConfig = toml::from_str("disk_reserve_bytes = 0").unwrap();
         assert_eq!(Config::from_raw(off).unwrap().disk_reserve_bytes, 0);
+        assert_eq!(c.memory_prefault_bytes, 192 << 20);
+        let none: RawConfig = toml::from_str("memory_prefault_bytes = 0").unwrap();
+        assert_eq!(Config::from_raw(none).unwrap().memory_prefault_bytes, 0);
     }
 
     #[test]
@@ -729,6 +753,7 @@ mod tests {
             "delete_mode = \"500\"",
             "aae_interval_ms = 5",
             "disk_reserve_bytes = 2000000000000",
+            "memory_prefault_bytes = 2000000000000",
         ] {
             let parsed = toml::from_str::<RawConfig>(toml_text)
                 .map_err(anyhow::Error::from)

@@ -16,7 +16,7 @@ use anyhow::Context;
 use crate::config::{Config, DEFAULT_CLUSTER_PORT, RawConfig};
 
 /// Nodes in the development cluster.
-const DEV_NODES: u16 = 3;
+pub const DEV_NODES: u16 = 3;
 
 /// Runs the development cluster until SIGINT or SIGTERM.
 pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ pub mod dev;
 pub mod handoff;
 pub mod lane;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod reaper;
 pub mod ring;

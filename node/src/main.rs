@@ -35,14 +35,46 @@ const PURGE_NEVER: std::ffi::c_long = -1;
 /// fjall's block cache, requests in flight); it does not shrink when the
 /// load stops. A finite delay brings the saw-tooth back: mimalloc returns
 /// a whole delay's worth of freed memory at once.
+///
+/// Returns whether freed memory stays in the process.
 #[allow(unsafe_code)]
-fn retain_freed_memory() {
+fn retain_freed_memory() -> bool {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
+        return false;
     }
     // SAFETY: `mi_option_set` takes an option index and a value, touches no
     // memory of ours, and may be called at any time from any thread.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_NEVER) };
+    true
+}
+
+/// Faults in `bytes` of heap before the node starts (`node::memory`),
+/// unless the allocator would return it to the OS again.
+fn prefault_heap(bytes: u64, retained: bool) {
+    if bytes == 0 {
+        return;
+    }
+    if !retained {
+        tracing::info!(
+            "heap not prefaulted: with MIMALLOC_PURGE_DELAY set, freed memory goes back to the OS"
+        );
+        return;
+    }
+    let done = node::memory::prefault(bytes);
+    tracing::info!(
+        bytes = done.bytes,
+        requested = done.requested,
+        elapsed_ms = u64::try_from(done.elapsed.as_millis()).unwrap_or(u64::MAX),
+        "heap prefaulted"
+    );
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("starling")
+        .build()
+        .context("starting the async runtime")
 }
 
 #[derive(Debug, Parser)]
@@ -107,7 +139,7 @@ fn first_line(text: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    retain_freed_memory();
+    let retained = retain_freed_memory();
     let cli = Cli::parse();
     if let Command::Admin {
         node,
@@ -144,11 +176,6 @@ fn main() -> anyhow::Result<()> {
         println!("{}", http_api::auth::hash_password(&password));
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("starling")
-        .build()
-        .context("starting the async runtime")?;
     match cli.command {
         Command::Start { config, raw } => {
             let file = match config {
@@ -157,11 +184,17 @@ fn main() -> anyhow::Result<()> {
             };
             let config = Config::from_raw(file.layered(*raw))?;
             node::logging::init(config.log_format);
-            runtime.block_on(node::server::run(config, node::server::shutdown_signal()))
+            prefault_heap(config.memory_prefault_bytes, retained);
+            runtime()?.block_on(node::server::run(config, node::server::shutdown_signal()))
         }
         Command::Dev { dir, http_port } => {
             node::logging::init(node::config::LogFormat::Text);
-            runtime.block_on(node::dev::run(dir, http_port))
+            // One process, three nodes: each grows into its own memory.
+            prefault_heap(
+                u64::from(node::dev::DEV_NODES) * node::memory::DEFAULT_PREFAULT_BYTES,
+                retained,
+            );
+            runtime()?.block_on(node::dev::run(dir, http_port))
         }
         Command::Admin { .. } | Command::HashPassword => {
             unreachable!("handled before the runtime starts")
@@ -184,7 +217,7 @@ mod tests {
         // SAFETY: reads an option; no memory of ours is touched.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(get(), 1_000, "not mimalloc v3's purge delay");
-        retain_freed_memory();
+        assert!(retain_freed_memory());
         assert_eq!(get(), PURGE_NEVER);
     }
 }
