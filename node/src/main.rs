@@ -61,12 +61,17 @@ fn prefault_heap(bytes: u64, retained: bool) {
         return;
     }
     let done = node::memory::prefault(bytes);
-    tracing::info!(
-        bytes = done.bytes,
-        requested = done.requested,
-        elapsed_ms = u64::try_from(done.elapsed.as_millis()).unwrap_or(u64::MAX),
-        "heap prefaulted"
-    );
+    let elapsed_ms = u64::try_from(done.elapsed.as_millis()).unwrap_or(u64::MAX);
+    if done.bytes < done.requested {
+        tracing::warn!(
+            bytes = done.bytes,
+            requested = done.requested,
+            elapsed_ms,
+            "heap prefaulted, capped at half the memory available to the node"
+        );
+    } else {
+        tracing::info!(bytes = done.bytes, elapsed_ms, "heap prefaulted");
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -30,6 +30,7 @@
 //! memory stays in the process is the allocator's setting, made by the
 //! binary.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Memory a node touches at start unless configured otherwise: two
@@ -52,8 +53,8 @@ pub struct Prefaulted {
     pub elapsed: Duration,
 }
 
-/// Touches `bytes` of heap (at most half of the memory the kernel reports
-/// available) and frees it again.
+/// Touches `bytes` of heap (at most half of the memory available to the
+/// process, the machine's or its container's) and frees it again.
 pub fn prefault(bytes: u64) -> Prefaulted {
     let started = Instant::now();
     let target = capped(bytes, available_bytes());
@@ -86,9 +87,60 @@ fn capped(requested: u64, available: Option<u64>) -> u64 {
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, where there is one.
+/// Memory the process may still take: the kernel's `MemAvailable`, and
+/// in a cgroup with a memory limit (a container), at most the room left
+/// under that limit. `None` where neither can be read.
 fn available_bytes() -> Option<u64> {
-    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| parse_mem_available(&meminfo));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|own| cgroup_room(&own, Path::new("/sys/fs/cgroup")));
+    match (machine, cgroup) {
+        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
+        (machine, cgroup) => machine.or(cgroup),
+    }
+}
+
+/// The room left under the memory limit of the cgroup named in
+/// `own_cgroup` (the text of `/proc/self/cgroup`), with the cgroup file
+/// system mounted at `root`: v2's `memory.max` less `memory.current`, or
+/// v1's `memory.limit_in_bytes` less `memory.usage_in_bytes`. `None`
+/// without a limit (v2's `max`) or when the files cannot be read; v1's
+/// "no limit" is a number larger than any machine's memory.
+fn cgroup_room(own_cgroup: &str, root: &Path) -> Option<u64> {
+    for line in own_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let (dir, limit, usage) = if controllers.is_empty() {
+            (root.join(path), "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                root.join("memory").join(path),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let (Some(limit), Some(usage)) = (read(limit), read(usage)) {
+            return Some(limit.saturating_sub(usage));
+        }
+    }
+    None
 }
 
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
@@ -101,6 +153,7 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -119,6 +172,32 @@ mod tests {
         assert_eq!(capped(1 << 30, Some(1 << 30)), 512 << 20);
         assert_eq!(capped(64 << 20, Some(1 << 30)), 64 << 20);
         assert_eq!(capped(64 << 20, None), 64 << 20);
+    }
+
+    #[test]
+    fn a_cgroup_limit_leaves_its_room_unlimited_ones_none() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        // v2: one line, no controllers.
+        write("pod/memory.max", "536870912\n");
+        write("pod/memory.current", "104857600\n");
+        assert_eq!(
+            cgroup_room("0::/pod\n", root.path()),
+            Some(536_870_912 - 104_857_600)
+        );
+        write("free/memory.max", "max\n");
+        write("free/memory.current", "104857600\n");
+        assert_eq!(cgroup_room("0::/free\n", root.path()), None);
+        // v1: the memory controller's own hierarchy.
+        write("memory/box/memory.limit_in_bytes", "268435456\n");
+        write("memory/box/memory.usage_in_bytes", "300000000\n");
+        let v1 = "5:cpu,cpuacct:/\n4:memory:/box\n0::/\n";
+        assert_eq!(cgroup_room(v1, root.path()), Some(0));
+        assert_eq!(cgroup_room("0::/missing\n", root.path()), None);
     }
 
     #[test]
