@@ -350,12 +350,10 @@ pub struct Config {
 /// forge causal contexts (and later, join the cluster).
 const CLUSTER_SECRET_LEN_MIN: usize = 16;
 
-/// Largest disk reserve accepted: more is surely a unit mistake.
-const DISK_RESERVE_BYTES_MAX: u64 = 1 << 40;
-
-/// The largest `memory_prefault_bytes` accepted (the node touches at most
-/// half the available memory whatever is set).
-const MEMORY_PREFAULT_BYTES_MAX: u64 = 1 << 40;
+/// Largest disk reserve or heap prefault accepted: more is surely a unit
+/// mistake (and the node prefaults at most half the available memory
+/// whatever is set).
+const BYTES_SETTING_MAX: u64 = 1 << 40;
 
 impl Config {
     /// Fills defaults and validates.
@@ -413,13 +411,13 @@ impl Config {
         let disk_reserve_bytes = raw
             .disk_reserve_bytes
             .unwrap_or(storage::DEFAULT_DISK_RESERVE_BYTES);
-        if disk_reserve_bytes > DISK_RESERVE_BYTES_MAX {
+        if disk_reserve_bytes > BYTES_SETTING_MAX {
             bail!("disk_reserve_bytes must be at most 1 TiB, got {disk_reserve_bytes}");
         }
         let memory_prefault_bytes = raw
             .memory_prefault_bytes
             .unwrap_or(crate::memory::DEFAULT_PREFAULT_BYTES);
-        if memory_prefault_bytes > MEMORY_PREFAULT_BYTES_MAX {
+        if memory_prefault_bytes > BYTES_SETTING_MAX {
             bail!("memory_prefault_bytes must be at most 1 TiB, got {memory_prefault_bytes}");
         }
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {

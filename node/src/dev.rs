@@ -16,7 +16,11 @@ use anyhow::Context;
 use crate::config::{Config, DEFAULT_CLUSTER_PORT, RawConfig};
 
 /// Nodes in the development cluster.
-pub const DEV_NODES: u16 = 3;
+const DEV_NODES: u16 = 3;
+
+/// Heap the dev process touches at start: one process, three nodes, each
+/// growing into its own share (`crate::memory`).
+pub const PREFAULT_BYTES: u64 = DEV_NODES as u64 * crate::memory::DEFAULT_PREFAULT_BYTES;
 
 /// Runs the development cluster until SIGINT or SIGTERM.
 pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {

@@ -62,10 +62,10 @@ fn prefault_heap(bytes: u64, retained: bool) {
     }
     let done = node::memory::prefault(bytes);
     let elapsed_ms = u64::try_from(done.elapsed.as_millis()).unwrap_or(u64::MAX);
-    if done.bytes < done.requested {
+    if done.bytes < bytes {
         tracing::warn!(
             bytes = done.bytes,
-            requested = done.requested,
+            requested = bytes,
             elapsed_ms,
             "heap prefaulted, capped at half the memory available to the node"
         );
@@ -194,11 +194,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Dev { dir, http_port } => {
             node::logging::init(node::config::LogFormat::Text);
-            // One process, three nodes: each grows into its own memory.
-            prefault_heap(
-                u64::from(node::dev::DEV_NODES) * node::memory::DEFAULT_PREFAULT_BYTES,
-                retained,
-            );
+            prefault_heap(node::dev::PREFAULT_BYTES, retained);
             runtime()?.block_on(node::dev::run(dir, http_port))
         }
         Command::Admin { .. } | Command::HashPassword => {

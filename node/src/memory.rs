@@ -45,10 +45,9 @@ const BLOCK_BYTES: usize = 4096;
 /// What [`prefault`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefaulted {
-    /// Bytes touched and freed.
+    /// Bytes touched and freed: fewer than asked when capped by the
+    /// available memory.
     pub bytes: u64,
-    /// Bytes asked for; more than `bytes` when capped by available memory.
-    pub requested: u64,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -72,7 +71,6 @@ pub fn prefault(bytes: u64) -> Prefaulted {
     drop(held);
     Prefaulted {
         bytes: blocks as u64 * BLOCK_BYTES as u64,
-        requested: bytes,
         elapsed: started.elapsed(),
     }
 }
@@ -162,7 +160,6 @@ mod tests {
         if available_bytes().is_none_or(|a| a / 2 >= 8 << 20) {
             assert_eq!(done.bytes, 8 << 20);
         }
-        assert_eq!(done.requested, 8 << 20);
         assert_eq!(prefault(0).bytes, 0);
         assert_eq!(prefault(BLOCK_BYTES as u64 + 1).bytes, BLOCK_BYTES as u64);
     }
