@@ -95,10 +95,7 @@ fn available_bytes() -> Option<u64> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|own| cgroup_room(&own, Path::new("/sys/fs/cgroup")));
-    match (machine, cgroup) {
-        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
-        (machine, cgroup) => machine.or(cgroup),
-    }
+    machine.into_iter().chain(cgroup).min()
 }
 
 /// The room left under the memory limit of the cgroup named in
