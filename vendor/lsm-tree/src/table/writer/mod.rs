@@ -5,6 +5,7 @@
 mod filter;
 mod index;
 mod meta;
+mod write_behind;
 
 use super::{
     block::Header as BlockHeader, filter::BloomConstructionPolicy, Block, BlockOffset, DataBlock,
@@ -92,6 +93,9 @@ pub struct Writer {
     linked_blob_files: Vec<LinkedFile>,
 
     initial_level: u8,
+
+    /// Starling: how far the file's write-back has been started
+    write_behind: write_behind::WriteBehind,
 }
 
 impl Writer {
@@ -140,6 +144,8 @@ impl Writer {
             previous_item: None,
 
             linked_blob_files: Vec::new(),
+
+            write_behind: write_behind::WriteBehind::default(),
         })
     }
 
@@ -340,6 +346,12 @@ impl Writer {
         self.meta.file_pos += u64::from(bytes_written);
         self.meta.item_count += self.chunk.len();
         self.meta.data_block_count += 1;
+
+        // Starling: start the write-back of the blocks written so far
+        self.write_behind.written(
+            self.file_writer.get_mut().inner_mut().get_ref(),
+            *self.meta.file_pos,
+        );
 
         // Back link stuff
         self.prev_pos.0 = self.prev_pos.1;
