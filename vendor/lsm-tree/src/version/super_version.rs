@@ -95,7 +95,9 @@ impl SuperVersions {
                     crate::file::retry_transient_io(|| std::fs::remove_file(&path))?;
                 }
 
-                self.0.pop_front();
+                if let Some(head) = self.0.pop_front() {
+                    retire(head);
+                }
             }
         }
 
@@ -192,6 +194,39 @@ impl SuperVersions {
 
         #[expect(clippy::expect_used, reason = "SuperVersion is expected to exist")]
         version.expect("should always find a SuperVersion")
+    }
+}
+
+/// Starling's patch (vendor/README.md): drops a version removed from the
+/// history on a thread of its own instead of under the history's write lock.
+///
+/// A removed version may hold the last reference to a flushed memtable
+/// (tens of MiB of skip list, freed node by node) or to compacted tables
+/// (closed and deleted on drop). Dropped in [`SuperVersions::maintenance`],
+/// that work happened while the caller held the version history's write
+/// lock, which every point read takes for reading: reads waited 100 ms and
+/// more. The version is already out of the history, so no reader can reach
+/// it; only its drop is delayed. If the thread cannot be started or has
+/// gone, the version is dropped here as before.
+fn retire(version: SuperVersion) {
+    use std::sync::{mpsc, OnceLock};
+
+    static RETIRED: OnceLock<Option<mpsc::Sender<SuperVersion>>> = OnceLock::new();
+    let sender = RETIRED.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<SuperVersion>();
+        std::thread::Builder::new()
+            .name("lsm-tree:retire".into())
+            .spawn(move || receiver.into_iter().for_each(drop))
+            .inspect_err(|e| log::warn!("cannot start the thread that drops old versions: {e}"))
+            .ok()
+            .map(|_| sender)
+    });
+    if let Some(sender) = sender {
+        if let Err(mpsc::SendError(version)) = sender.send(version) {
+            drop(version);
+        }
+    } else {
+        drop(version);
     }
 }
 
@@ -359,3 +394,4 @@ mod tests {
         Ok(())
     }
 }
+
