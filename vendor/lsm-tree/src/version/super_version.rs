@@ -222,11 +222,9 @@ fn retire(version: SuperVersion) {
             .map(|_| sender)
     });
     if let Some(sender) = sender {
-        if let Err(mpsc::SendError(version)) = sender.send(version) {
-            drop(version);
-        }
-    } else {
-        drop(version);
+        // If the thread has gone, the error hands the version back, and it
+        // is dropped with the error.
+        let _ = sender.send(version);
     }
 }
 
