@@ -64,7 +64,11 @@
 //! (refuting a suspicion, or announcing new metadata with
 //! [`Swim::set_meta`]). A restarted node may start at incarnation 0: the
 //! first peer that tells it it is dead, suspect or known at a higher
-//! incarnation makes it announce itself one above. Updates jumping more than
+//! incarnation makes it announce itself one above. Peers can hold it dead at
+//! different incarnations (an update it made just before a crash may have
+//! reached only some), so a member answers a ping from a member it holds
+//! dead or left with that death leading the ack, and the pinger refutes
+//! above it too. Updates jumping more than
 //! `Config::incarnation_jump_max` above the incarnation known for a live
 //! member are ignored (see that field for the exact rule).
 //!

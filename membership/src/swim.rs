@@ -406,7 +406,8 @@ impl<R: Rng> Swim<R> {
         match packet.msg {
             Message::Ping { seq, target } => {
                 if target == self.local.id {
-                    self.send(from, from_addr, Message::Ack { seq }, None);
+                    let lead = self.death_of(from);
+                    self.send(from, from_addr, Message::Ack { seq }, lead);
                 } else {
                     self.stats.misdirected += 1;
                 }
@@ -1174,6 +1175,30 @@ impl<R: Rng> Swim<R> {
     }
 
     /// Sends `msg` with `lead` and then as many queued updates as fit.
+    /// What we hold against `id` if we hold it dead or left, as an update
+    /// to lead our answer to its ping with. A member that pings us while
+    /// we hold it dead has restarted or refuted, and its refutation may sit
+    /// at or below the incarnation we hold: an update it made just before
+    /// it crashed can have reached some of us only, and it starts again at
+    /// 0 and refutes above what the first member it hears from tells it.
+    /// Nothing else would tell it why we ignore it until a push-pull
+    /// happens to pass between us.
+    fn death_of(&self, id: NodeId) -> Option<Update> {
+        let member = self.members.get(&id)?;
+        match member.state {
+            MemberState::Alive | MemberState::Suspect => None,
+            MemberState::Dead => Some(Update::Dead {
+                member: id,
+                incarnation: member.incarnation,
+                from: self.local.id,
+            }),
+            MemberState::Left => Some(Update::Left {
+                member: id,
+                incarnation: member.incarnation,
+            }),
+        }
+    }
+
     fn send(&mut self, to: NodeId, addr: SocketAddr, msg: Message, lead: Option<Update>) {
         let header = wire::encode_header(self.local.id, &msg);
         let size_max = self.config.datagram_size_bytes_max;
@@ -1402,6 +1427,68 @@ mod tests {
         h.receive(2, Message::Gossip, &[alive(2, 3)]);
         assert_eq!(h.state(2), Some(MemberState::Alive));
         assert!(matches!(h.events.last(), Some(Event::Up(m)) if m.incarnation == 3));
+    }
+
+    #[test]
+    fn a_ping_from_a_member_held_dead_is_answered_with_its_death() {
+        let mut h = Harness::new(Config::memberlist_lan());
+        h.receive(2, Message::Gossip, &[alive(2, 0), alive(3, 0)]);
+        let dead = Update::Dead {
+            member: NodeId(2),
+            incarnation: 1,
+            from: NodeId(3),
+        };
+        h.receive(3, Message::Gossip, std::slice::from_ref(&dead));
+        assert_eq!(h.state(2), Some(MemberState::Dead));
+        // Node 2 restarted at 0 and refuted to 1 because another member held
+        // it dead at 0: that does not bring it back here.
+        h.receive(
+            2,
+            Message::Ping {
+                seq: 4,
+                target: NodeId(1),
+            },
+            &[alive(2, 1)],
+        );
+        assert_eq!(h.state(2), Some(MemberState::Dead));
+        let (to, ack) = h.sent.last().unwrap();
+        assert_eq!(*to, NodeId(2));
+        assert_eq!(ack.msg, Message::Ack { seq: 4 });
+        let ours = Update::Dead {
+            member: NodeId(2),
+            incarnation: 1,
+            from: NodeId(1),
+        };
+        assert_eq!(ack.updates.first(), Some(&ours));
+
+        // Such an ack makes a restarted node (here node 1 of a harness of
+        // its own) refute above it, and that brings it back.
+        let mut restarted = Harness::new(Config::memberlist_lan());
+        let its_death = Update::Dead {
+            member: NodeId(1),
+            incarnation: 1,
+            from: NodeId(3),
+        };
+        restarted.receive(3, Message::Ack { seq: 4 }, &[its_death]);
+        assert_eq!(restarted.swim.local().incarnation, 2);
+        h.receive(2, Message::Gossip, &[alive(2, 2)]);
+        assert_eq!(h.state(2), Some(MemberState::Alive));
+
+        // A live member's ping gets no such lead.
+        h.receive(
+            3,
+            Message::Ping {
+                seq: 5,
+                target: NodeId(1),
+            },
+            &[],
+        );
+        let (_, ack) = h.sent.last().unwrap();
+        assert!(
+            !ack.updates
+                .iter()
+                .any(|u| matches!(u, Update::Dead { member, .. } if *member == NodeId(3)))
+        );
     }
 
     #[test]
