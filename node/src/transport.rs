@@ -353,14 +353,18 @@ async fn accept_loop(inner: Arc<Inner>) {
             let from = incoming.remote_address();
             match incoming.await {
                 Ok(connection) => {
+                    // Served at once: taking the slot below waits while a
+                    // connect of ours to the same address is in flight (to
+                    // a peer's previous life, up to the connect timeout),
+                    // and what the peer sends meanwhile must not wait.
+                    tokio::spawn(serve_connection(inner.clone(), connection.clone()));
                     // The newest connection with a peer wins: a peer that
                     // connects to us again has most likely restarted, and
                     // the connection we opened to its previous life may
                     // still look open. Sending on the new one reaches it
                     // at once.
                     let slot = inner.peers.lock().entry(from).or_default().clone();
-                    *slot.lock().await = Some(connection.clone());
-                    serve_connection(inner, connection).await;
+                    *slot.lock().await = Some(connection);
                 }
                 // A peer without the cluster's credentials ends here.
                 Err(err) => warn!(%from, %err, "refused a cluster connection"),
