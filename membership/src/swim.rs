@@ -1174,15 +1174,12 @@ impl<R: Rng> Swim<R> {
         self.next_seq
     }
 
-    /// Sends `msg` with `lead` and then as many queued updates as fit.
-    /// What we hold against `id` if we hold it dead or left, as an update
-    /// to lead our answer to its ping with. A member that pings us while
-    /// we hold it dead has restarted or refuted, and its refutation may sit
-    /// at or below the incarnation we hold: an update it made just before
-    /// it crashed can have reached some of us only, and it starts again at
-    /// 0 and refutes above what the first member it hears from tells it.
-    /// Nothing else would tell it why we ignore it until a push-pull
-    /// happens to pass between us.
+    /// Our death or leave record of `id`, to lead the ack of its ping with.
+    /// A member that pings us while we hold it dead has restarted or
+    /// refuted, and its refutation may sit at or below the incarnation we
+    /// hold (an update it made just before a crash may have reached only
+    /// some of us); without this it would learn why we ignore it only when
+    /// a push-pull happens to pass between us.
     fn death_of(&self, id: NodeId) -> Option<Update> {
         let member = self.members.get(&id)?;
         match member.state {
@@ -1199,6 +1196,7 @@ impl<R: Rng> Swim<R> {
         }
     }
 
+    /// Sends `msg` with `lead` and then as many queued updates as fit.
     fn send(&mut self, to: NodeId, addr: SocketAddr, msg: Message, lead: Option<Update>) {
         let header = wire::encode_header(self.local.id, &msg);
         let size_max = self.config.datagram_size_bytes_max;

@@ -19,21 +19,38 @@ fn all_see(
     state: &str,
     deadline: Duration,
 ) -> Duration {
+    all_see_that(observers, target, state, deadline, |s, _| s == state)
+}
+
+/// Waits until every node in `observers` reports a (state, incarnation) of
+/// `target` for which `holds`; returns how long that took. On timeout it
+/// prints every observer's log and names what each one sees.
+fn all_see_that(
+    observers: &[&NodeProcess],
+    target: &NodeProcess,
+    what: &str,
+    deadline: Duration,
+    holds: impl Fn(&str, u64) -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         let seen: Vec<Option<(String, u64)>> =
             observers.iter().map(|o| o.state_of(target.http)).collect();
         if seen
             .iter()
-            .all(|s| s.as_ref().is_some_and(|(s, _)| s == state))
+            .all(|s| s.as_ref().is_some_and(|(s, i)| holds(s, *i)))
         {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < deadline,
-            "after {deadline:?}, {} is seen as {seen:?}, not all {state}",
-            target.http
-        );
+        if start.elapsed() >= deadline {
+            for o in observers {
+                eprintln!("==== log of {}:\n{}", o.http, o.log());
+            }
+            panic!(
+                "after {deadline:?}, {} is seen as {seen:?}, not all {what}",
+                target.http
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -91,29 +108,16 @@ fn five_nodes_form_detect_a_crash_a_restart_and_a_leave() {
     // Restart it: alive again everywhere with a higher incarnation.
     let restarted_at = Instant::now();
     nodes[3].restart();
-    let answered_at = Instant::now();
-    let target = nodes[3].http;
-    loop {
-        let seen: Vec<Option<(String, u64)>> = nodes.iter().map(|o| o.state_of(target)).collect();
-        if seen.iter().all(|s| {
-            s.as_ref()
-                .is_some_and(|(s, inc)| s == "alive" && *inc > dead_at)
-        }) {
-            break;
-        }
-        if answered_at.elapsed() > Duration::from_secs(5) {
-            for n in &nodes {
-                eprintln!("==== {} log:\n{}", n.http, n.log());
-            }
-            panic!("restarted {target} (dead at incarnation {dead_at}) seen as {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!(
-        "restarted node answered in {:?}, alive again everywhere {:?} later",
-        answered_at - restarted_at,
-        answered_at.elapsed()
+    let answered = restarted_at.elapsed();
+    let everyone: Vec<&NodeProcess> = nodes.iter().collect();
+    let back = all_see_that(
+        &everyone,
+        &nodes[3],
+        &format!("alive above incarnation {dead_at}"),
+        Duration::from_secs(5),
+        |s, incarnation| s == "alive" && incarnation > dead_at,
     );
+    eprintln!("restarted node answered in {answered:?}, alive again everywhere {back:?} later");
 
     // SIGTERM one: its leave reaches everyone within 2 s.
     nodes[1].send_term();
