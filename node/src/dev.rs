@@ -24,6 +24,8 @@ pub const PREFAULT_BYTES: u64 = DEV_NODES as u64 * crate::memory::DEFAULT_PREFAU
 
 /// Runs the development cluster until SIGINT or SIGTERM.
 pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
+    let shutdown = crate::server::shutdown_signal();
+    tokio::pin!(shutdown);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let secret = dev_secret(&dir)?;
     let seed = SocketAddr::from(([127, 0, 0, 1], DEFAULT_CLUSTER_PORT));
@@ -44,6 +46,7 @@ pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
     // partitions (the joining ones fill their share first) before telling
     // the user the cluster is ready.
     let started = Instant::now();
+    let mut stopped = false;
     while started.elapsed() < Duration::from_secs(30) {
         let ready = nodes.iter().all(|n| {
             n.alive_members() == usize::from(DEV_NODES)
@@ -52,29 +55,38 @@ pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
         if ready {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            () = &mut shutdown => {
+                stopped = true;
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.http_addr))
-        .collect();
-    println!(
-        "\nStarling dev cluster is up: {} nodes, n_val=3.\n{}\n  data: {}\n\nTry:\n  \
-         curl -i -XPUT {}/buckets/demo/keys/hello -H 'Content-Type: text/plain' -d 'world'\n  \
-         curl -i {}/buckets/demo/keys/hello\n  \
-         curl {}/admin/members\n\nCtrl-C stops it (data is kept).\n",
-        DEV_NODES,
-        urls.iter()
-            .enumerate()
-            .map(|(i, u)| format!("  node{}: {u}", i + 1))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        dir.display(),
-        urls[0],
-        urls[2],
-        urls[0],
-    );
-    crate::server::shutdown_signal().await;
+    // Ctrl-C while the cluster was forming skips the banner.
+    if !stopped {
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("http://{}", n.http_addr))
+            .collect();
+        println!(
+            "\nStarling dev cluster is up: {} nodes, n_val=3.\n{}\n  data: {}\n\nTry:\n  \
+             curl -i -XPUT {}/buckets/demo/keys/hello -H 'Content-Type: text/plain' -d 'world'\n  \
+             curl -i {}/buckets/demo/keys/hello\n  \
+             curl {}/admin/members\n\nCtrl-C stops it (data is kept).\n",
+            DEV_NODES,
+            urls.iter()
+                .enumerate()
+                .map(|(i, u)| format!("  node{}: {u}", i + 1))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            dir.display(),
+            urls[0],
+            urls[2],
+            urls[0],
+        );
+        shutdown.await;
+    }
     // All three at once: stopped one by one, the last would gossip its
     // leave to nobody and wait out the drain.
     let stops: Vec<_> = nodes

@@ -190,7 +190,11 @@ fn main() -> anyhow::Result<()> {
             let config = Config::from_raw(file.layered(*raw))?;
             node::logging::init(config.log_format);
             prefault_heap(config.memory_prefault_bytes, retained);
-            runtime()?.block_on(node::server::run(config, node::server::shutdown_signal()))
+            // The signal listeners are made inside the runtime, before
+            // the node starts.
+            runtime()?.block_on(async {
+                node::server::run(config, node::server::shutdown_signal()).await
+            })
         }
         Command::Dev { dir, http_port } => {
             node::logging::init(node::config::LogFormat::Text);

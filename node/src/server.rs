@@ -352,20 +352,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
+/// Listens for SIGINT and SIGTERM from the moment it is called; the future
+/// completes on either. Call it inside the runtime before the node starts
+/// serving: a signal that comes before anyone listens takes its default
+/// action and kills the process without a clean close (a test that sent
+/// SIGTERM as soon as `/ping` answered saw exactly that).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(listener) => Some(listener),
         Err(err) => {
-            warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            warn!(%err, "cannot listen for {name}; it will not stop the node cleanly");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async fn received(listener: &mut Option<Signal>) {
+        match listener {
+            Some(listener) => {
+                listener.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            () = received(&mut interrupt) => {}
+            () = received(&mut terminate) => {}
+        }
     }
 }
 
