@@ -114,6 +114,13 @@ pub struct RunResult {
     /// Operations slower than the deadline, timeouts included.
     pub over_deadline: u64,
     pub connects: u64,
+    /// CPU time (user and system) of each watched process over the run,
+    /// in microseconds per successful operation.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_us_per_op: BTreeMap<u32, f64>,
+    /// The same for this process: the generator, and the ceiling server
+    /// when it runs.
+    pub generator_cpu_us_per_op: Option<f64>,
     pub timeline: Vec<Second>,
 }
 
@@ -243,6 +250,7 @@ pub async fn run(spec: &Run) -> anyhow::Result<RunResult> {
             .collect(),
     });
 
+    let cpu_before = CpuTimes::sample(&spec.watch_pids);
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..load.connections {
         let shared = Arc::clone(&shared);
@@ -262,6 +270,7 @@ pub async fn run(spec: &Run) -> anyhow::Result<RunResult> {
         tally.merge(&joined??);
     }
     let elapsed = start.elapsed();
+    let cpu_after = CpuTimes::sample(&spec.watch_pids);
     let _ = done_tx.send(());
     let rss = reporter.await?;
 
@@ -304,6 +313,8 @@ pub async fn run(spec: &Run) -> anyhow::Result<RunResult> {
         errors_by_kind: tally.errors,
         over_deadline: tally.over_deadline,
         connects: tally.connects,
+        cpu_us_per_op: cpu_before.per_op(&cpu_after, tally.ok),
+        generator_cpu_us_per_op: cpu_before.generator_per_op(&cpu_after, tally.ok),
         timeline,
     })
 }
@@ -436,6 +447,76 @@ async fn step(
     }
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat`: the
+/// kernel's `USER_HZ`, which Linux keeps at 100 for user space on every
+/// architecture Starling builds for, whatever its own tick rate.
+const CLOCK_TICKS_PER_S: u64 = 100;
+
+/// A process's CPU time (user and system) in clock ticks, from
+/// `/proc/<pid>/stat` (`None`: this process).
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).ok()?;
+    parse_cpu_ticks(&stat)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line. The command name (field
+/// 2) is in parentheses and may hold spaces and parentheses itself, so the
+/// fields are counted from the last `)`: the state is field 3, `utime`
+/// field 14 and `stime` field 15.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU times of the watched processes and of this one at one moment.
+#[derive(Debug)]
+struct CpuTimes {
+    watched: BTreeMap<u32, u64>,
+    generator: Option<u64>,
+}
+
+impl CpuTimes {
+    fn sample(pids: &[u32]) -> CpuTimes {
+        CpuTimes {
+            watched: pids
+                .iter()
+                .filter_map(|&p| Some((p, cpu_ticks(Some(p))?)))
+                .collect(),
+            generator: cpu_ticks(None),
+        }
+    }
+
+    /// Microseconds of CPU per operation between `self` and `later`, for
+    /// each watched process read both times.
+    fn per_op(&self, later: &CpuTimes, ops: u64) -> BTreeMap<u32, f64> {
+        self.watched
+            .iter()
+            .filter_map(|(pid, before)| {
+                let after = later.watched.get(pid)?;
+                Some((*pid, us_per_op(after.checked_sub(*before)?, ops)?))
+            })
+            .collect()
+    }
+
+    fn generator_per_op(&self, later: &CpuTimes, ops: u64) -> Option<f64> {
+        us_per_op(later.generator?.checked_sub(self.generator?)?, ops)
+    }
+}
+
+fn us_per_op(ticks: u64, ops: u64) -> Option<f64> {
+    if ops == 0 {
+        return None;
+    }
+    Some(ticks as f64 * 1e6 / CLOCK_TICKS_PER_S as f64 / ops as f64)
+}
+
 /// Reads a process's resident memory in KiB from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -502,4 +583,34 @@ async fn report(
         );
     }
     samples
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 4 0 99";
+        assert_eq!(parse_cpu_ticks(stat), Some(10));
+        assert_eq!(parse_cpu_ticks("4242 (cut short) S 1 2"), None);
+        assert!(cpu_ticks(None).is_some());
+        assert!(cpu_ticks(Some(std::process::id())).is_some());
+    }
+
+    #[test]
+    fn cpu_per_op_covers_the_processes_read_both_times() {
+        let before = CpuTimes {
+            watched: BTreeMap::from([(1, 100), (2, 50)]),
+            generator: Some(10),
+        };
+        let after = CpuTimes {
+            watched: BTreeMap::from([(1, 300)]),
+            generator: Some(20),
+        };
+        // 200 ticks of 10 ms over 1,000 operations: 2,000 µs each.
+        assert_eq!(before.per_op(&after, 1_000), BTreeMap::from([(1, 2_000.0)]));
+        assert_eq!(before.generator_per_op(&after, 1_000), Some(100.0));
+        assert_eq!(before.generator_per_op(&after, 0), None);
+    }
 }

@@ -428,6 +428,16 @@ fn print_table(runs: &[Labeled], summary: &Summary) {
         if !r.errors_by_kind.is_empty() {
             println!("{:<12} errors by kind: {:?}", "", r.errors_by_kind);
         }
+        if let Some(own) = r.generator_cpu_us_per_op {
+            // This process is the generator, and the ceiling server too in
+            // a ceiling run.
+            let watched: String = r
+                .cpu_us_per_op
+                .iter()
+                .map(|(pid, us)| format!(" pid {pid} {us:.1} µs,"))
+                .collect();
+            println!("{:<12} CPU per op:{watched} bench {own:.1} µs", "");
+        }
         for (kind, p) in &r.by_kind {
             if r.by_kind.len() > 1 {
                 println!(

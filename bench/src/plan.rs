@@ -135,7 +135,8 @@ pub struct ClusterArgs {
     /// Alternate ceiling and cluster runs this many times and report medians.
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
-    /// Sample the resident memory (VmRSS) of these process ids every second.
+    /// Sample the resident memory (VmRSS) of these process ids every second,
+    /// and report their CPU time per operation over each cluster run.
     #[arg(long, value_delimiter = ',')]
     pub watch_pid: Vec<u32>,
     /// On a connect failure, move that connection to the next target
