@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Config, DEFAULT_CLUSTER_PORT, RawConfig};
+use crate::server::RunningNode;
 
 /// Nodes in the development cluster.
 const DEV_NODES: u16 = 3;
@@ -21,6 +22,47 @@ const DEV_NODES: u16 = 3;
 /// Heap the dev process touches at start: one process, three nodes, each
 /// growing into its own share (`crate::memory`).
 pub const PREFAULT_BYTES: u64 = DEV_NODES as u64 * crate::memory::DEFAULT_PREFAULT_BYTES;
+
+/// Waits (bounded) until every node sees all three alive and owning
+/// partitions (the joining ones fill their share first), so that the user
+/// is told the cluster is ready only when it is.
+async fn formed(nodes: &[RunningNode]) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let ready = nodes.iter().all(|n| {
+            n.alive_members() == usize::from(DEV_NODES)
+                && n.ring_members() == usize::from(DEV_NODES)
+        });
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Tells the user where the nodes are and what to try.
+fn print_banner(nodes: &[RunningNode], dir: &Path) {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", n.http_addr))
+        .collect();
+    println!(
+        "\nStarling dev cluster is up: {} nodes, n_val=3.\n{}\n  data: {}\n\nTry:\n  \
+         curl -i -XPUT {}/buckets/demo/keys/hello -H 'Content-Type: text/plain' -d 'world'\n  \
+         curl -i {}/buckets/demo/keys/hello\n  \
+         curl {}/admin/members\n\nCtrl-C stops it (data is kept).\n",
+        DEV_NODES,
+        urls.iter()
+            .enumerate()
+            .map(|(i, u)| format!("  node{}: {u}", i + 1))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        dir.display(),
+        urls[0],
+        urls[2],
+        urls[0],
+    );
+}
 
 /// Runs the development cluster until SIGINT or SIGTERM.
 pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
@@ -42,49 +84,13 @@ pub async fn run(dir: PathBuf, http_port: u16) -> anyhow::Result<()> {
         };
         nodes.push(crate::server::start(Config::from_raw(raw)?).await?);
     }
-    // Wait (bounded) until every node sees all three alive and owning
-    // partitions (the joining ones fill their share first) before telling
-    // the user the cluster is ready.
-    let started = Instant::now();
-    let mut stopped = false;
-    while started.elapsed() < Duration::from_secs(30) {
-        let ready = nodes.iter().all(|n| {
-            n.alive_members() == usize::from(DEV_NODES)
-                && n.ring_members() == usize::from(DEV_NODES)
-        });
-        if ready {
-            break;
-        }
-        tokio::select! {
-            () = &mut shutdown => {
-                stopped = true;
-                break;
-            }
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-    // Ctrl-C while the cluster was forming skips the banner.
+    // Ctrl-C while the cluster forms stops it at once, without the banner.
+    let stopped = tokio::select! {
+        () = &mut shutdown => true,
+        () = formed(&nodes) => false,
+    };
     if !stopped {
-        let urls: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("http://{}", n.http_addr))
-            .collect();
-        println!(
-            "\nStarling dev cluster is up: {} nodes, n_val=3.\n{}\n  data: {}\n\nTry:\n  \
-             curl -i -XPUT {}/buckets/demo/keys/hello -H 'Content-Type: text/plain' -d 'world'\n  \
-             curl -i {}/buckets/demo/keys/hello\n  \
-             curl {}/admin/members\n\nCtrl-C stops it (data is kept).\n",
-            DEV_NODES,
-            urls.iter()
-                .enumerate()
-                .map(|(i, u)| format!("  node{}: {u}", i + 1))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            dir.display(),
-            urls[0],
-            urls[2],
-            urls[0],
-        );
+        print_banner(&nodes, &dir);
         shutdown.await;
     }
     // All three at once: stopped one by one, the last would gossip its
